@@ -1,0 +1,121 @@
+"""`base_config()`: every section the trainer reads, with defaults; experiment configs start here.
+
+Variants after ':' in `--config=configs/x.py:key=value,key2=value2` reach `get_config(arg)`;
+`parse_arg` turns them into a dict, `apply_runlocal` is big_vision's `runlocal` shrink for a quick
+debugging run on one machine.
+"""
+from typing import Any
+
+import ml_collections
+
+from jaxift.train import sharding
+
+
+def base_config() -> ml_collections.ConfigDict:
+  from jaxift.data.config import default_data_config  # pylint: disable=g-import-not-at-top
+  from jaxift.model.config import default_model_config  # pylint: disable=g-import-not-at-top
+
+  c = ml_collections.ConfigDict()
+  c.data = default_data_config()
+  c.model = default_model_config()
+
+  c.tokenizer = ml_collections.ConfigDict()
+  c.tokenizer.path = ""  # '' = the same as config.model.path
+
+  # Mesh ("data", "fsdp", "tensor"); one -1 takes the remaining devices.
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.shape = (1, -1, 1)
+  # Logical axis name -> mesh axis (or None, replicated); see jaxift/train/sharding.py.
+  c.mesh.rules = tuple(sharding.DEFAULT_LOGICAL_RULES)
+
+  c.optimizer = ml_collections.ConfigDict()
+  c.optimizer.name = "adamw"  # 'adamw' | 'sgd'
+  c.optimizer.lr = 1e-4
+  c.optimizer.b1 = 0.9
+  c.optimizer.b2 = 0.999
+  c.optimizer.eps = 1e-8
+  c.optimizer.weight_decay = 0.0
+  # Parameters whose path matches get no weight decay (norm scales, biases).
+  c.optimizer.no_decay_regex = r"(norm|bias|ln_)"
+  c.optimizer.schedule = "cosine"  # 'cosine' | 'linear' | 'constant'
+  c.optimizer.warmup_steps = 0
+  c.optimizer.warmup_ratio = 0.0  # used when warmup_steps == 0
+  c.optimizer.end_lr_ratio = 0.0  # final lr = lr * end_lr_ratio
+  c.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
+
+  c.train = ml_collections.ConfigDict()
+  c.train.num_steps = 100  # > 0 wins; otherwise num_epochs passes over the training split
+  c.train.num_epochs = 0
+  c.train.global_batch_size = 8  # rows per optimizer step, all processes together
+  c.train.grad_accum_steps = 1  # micro-steps per optimizer step (global_batch_size divisible)
+  c.train.seed = 0
+  c.train.z_loss = 0.0  # weight of PaLM's z-loss: z_loss * mean(logsumexp(logits)^2)
+  c.train.freeze_regex = ""  # parameters whose path matches are not trained, e.g. 'embed'
+  c.train.log_every = 10
+  c.train.eval_every = 0  # 0 = only at the end
+  c.train.save_every = 100  # 0 = only at the end (and on SIGTERM)
+  c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
+  c.train.early_stopping_min_delta = 0.0
+  c.train.progress_bar = True
+  c.train.tensorboard = True
+  # Peak FLOP/s per device for MFU where jaxift.train.mfu has no entry (0 = look it up / skip).
+  c.train.peak_flops_per_device = 0.0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.keep = 2  # last N checkpoints
+  c.checkpoint.keep_best = 1  # plus the N best by validation loss
+  c.checkpoint.async_save = True
+  c.checkpoint.save_data_iterator = True  # the Grain iterator state, for exact resume
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 0  # global rows per validation batch; 0 = train.global_batch_size
+  c.eval.max_batches = 0  # 0 = the whole validation split
+  # Generation check on held-out records (exact match), before and after training; 0 = off.
+  c.eval.generate_examples = 0
+  c.eval.generate_split = "test"
+  c.eval.max_new_tokens = 32
+  c.eval.generate_batch_size = 16
+  c.eval.show_generations = 3
+  return c
+
+
+def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+  """'a=1,b=x,runlocal' -> ConfigDict(a=1, b='x', runlocal=True), typed like `defaults`."""
+  result = ml_collections.ConfigDict(dict(defaults))
+  for item in (arg or "").split(","):
+    item = item.strip()
+    if not item:
+      continue
+    key, sep, value = item.partition("=")
+    key = key.strip()
+    if key not in result:
+      raise ValueError(f"config variant {arg!r}: unknown key {key!r}; "
+                       f"known: {sorted(result.keys())}")
+    if not sep:
+      result[key] = True
+      continue
+    default = defaults[key]
+    if isinstance(default, bool):
+      result[key] = value.lower() in ("1", "true", "yes")
+    elif isinstance(default, int):
+      result[key] = int(value)
+    elif isinstance(default, float):
+      result[key] = float(value)
+    else:
+      result[key] = value
+  return result
+
+
+def apply_runlocal(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Shrinks a config to a few small steps on whatever devices are here (for debugging)."""
+  c.mesh.shape = (1, -1, 1)
+  c.train.num_steps = min(c.train.num_steps, 5) if c.train.num_steps > 0 else 5
+  c.train.num_epochs = 0
+  c.train.global_batch_size = min(c.train.global_batch_size, 4)
+  c.train.grad_accum_steps = 1
+  c.train.log_every = 1
+  c.train.eval_every = 0
+  c.train.save_every = 0
+  c.eval.max_batches = 2
+  c.eval.generate_examples = min(c.eval.generate_examples, 4)
+  return c
