@@ -1,0 +1,60 @@
+"""Defaults of `config.data`: every option the data pipeline reads, so a locked config can override any."""
+import ml_collections
+from ml_collections.config_dict import placeholder
+
+
+def default_synthetic_config() -> ml_collections.ConfigDict:
+  """Built-in exactly-checkable instruction tasks (`jaxift.data.synthetic`), used when source='synthetic'."""
+  c = ml_collections.ConfigDict()
+  c.num_train = 2000
+  c.num_validation = 64
+  c.num_test = 128
+  c.seed = 0
+  c.tasks = ''  # comma-separated task names; '' = all of synthetic.TASKS
+  return c
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  # --- where the records come from ---
+  c.source = 'files'  # 'files' | 'synthetic'
+  # Comma-separated paths or globs (local or etils.epath, e.g. gs://): .json (array), .jsonl,
+  # .parquet, .arrayrecord (tools/preprocess.py output), or a `datasets.save_to_disk` folder.
+  c.train_files = ''
+  c.validation_files = ''  # '' = carve the split out of train_files with split_fractions
+  c.test_files = ''
+  c.split_fractions = (0.85, 0.05, 0.10)  # train/validation/test, used when only train_files is set
+  c.split_seed = placeholder(int)  # None = file order (as in "LLMs from scratch"); int = shuffled
+  c.hf_split = 'train'  # which split of a saved DatasetDict to read
+  # --- record format -> conversation ---
+  c.format = 'auto'  # 'alpaca' | 'prompt_completion' | 'messages' | 'sharegpt' | 'auto'
+  c.prompt_key = 'prompt'
+  c.completion_key = 'completion'
+  c.sep_token = ''  # text put between prompt and completion (prompt_completion format)
+  c.messages_key = 'messages'
+  c.conversations_key = 'conversations'
+  c.system_prompt = ''  # added as a system turn when a conversation has none
+  c.inverted = False  # instruction backtranslation: learn to produce the prompt from the response
+  c.ftfy = False  # repair mojibake with ftfy (and NFC-normalize) before tokenization
+  # --- template ---
+  # A name ('alpaca' | 'phi3' | 'chatml' | 'tokenizer' | 'plain'), a user format string with named
+  # fields and a final '{response}' (e.g. 'Q: {instruction}\nA: {response}'), or a list of these
+  # for a FLAN-style mixture (one drawn per example with template_seed).
+  c.template = ml_collections.FieldReference('alpaca', field_type=object)
+  c.template_seed = 0
+  # --- masking and length ---
+  c.train_on_prompt = False
+  c.add_bos = placeholder(bool)  # None = what the tokenizer does by default
+  c.max_seq_length = 512  # row length T of inputs/targets (an example has at most T+1 tokens)
+  c.overlong = 'drop'  # 'drop' | 'truncate_prompt' | 'truncate'
+  c.skip_invalid = False  # skip (and count) malformed lines/records instead of failing
+  # --- batching ---
+  c.batching = 'max_length'  # 'max_length' | 'bucket' | 'packing'
+  c.buckets = (64, 128, 256, 512)  # row lengths for 'bucket' (max_seq_length is always added)
+  c.packing_bins = 0  # first-fit packing bins; 0 = 4 * batch_size
+  c.shuffle = True
+  c.num_workers = 0  # Grain worker processes for tokenization (0 = in-process)
+  c.worker_buffer_size = 2  # per-worker prefetch buffer (elements)
+  c.prefetch_buffer_size = 8  # batches kept ready by a background thread (0 = none)
+  c.synthetic = default_synthetic_config()
+  return c
