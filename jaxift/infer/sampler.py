@@ -1,0 +1,189 @@
+"""Batched generation with a KV cache: one jitted prefill, then one jitted `lax.while_loop` decode.
+
+Prompts of different lengths are LEFT-padded to a common length P (rounded up to `prompt_bucket`
+so a notebook does not recompile for every prompt length): padding has segment id 0, real tokens
+segment id 1, and positions count from 0 at each row's first real token (the model contract in
+docs/design.md). The prefill writes cache slots 0..P-1 and samples the first new token from the
+last column; the decode loop feeds one token per step at slot P+step-1, with position
+`prompt_len + step - 1`, until every row has emitted a stop token or `max_new_tokens` is reached.
+Rows that stopped keep running (batched) but their outputs are masked to `pad_id`.
+
+Both jitted functions take the model as `nnx.split` state with the graphdef static, so compiled
+code is reused across calls and across models with the same structure and shapes.
+"""
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from jaxift.infer import sampling
+
+# End-of-turn markers of common chat templates; whichever the tokenizer knows become stop tokens.
+END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
+                      "<|end_of_text|>", "</s>")
+
+
+def default_stop_token_ids(tokenizer) -> list[int]:
+  """EOS plus every end-of-turn token in the tokenizer's vocabulary (e.g. `<|im_end|>`)."""
+  ids = []
+  eos = getattr(tokenizer, "eos_token_id", None)
+  ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
+  vocab = tokenizer.get_vocab()
+  ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
+  return sorted(set(int(i) for i in ids))
+
+
+def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(tokens_BxP, positions_BxP, segment_ids_BxP) with each prompt right-aligned."""
+  batch = len(prompts)
+  tokens = np.full((batch, length), pad_id, np.int32)
+  positions = np.zeros((batch, length), np.int32)
+  segments = np.zeros((batch, length), np.int32)
+  for b, prompt in enumerate(prompts):
+    n = len(prompt)
+    tokens[b, length - n:] = prompt
+    positions[b, length - n:] = np.arange(n)
+    segments[b, length - n:] = 1
+  return tokens, positions, segments
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
+def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temperature, top_k,
+             top_p, *, cache_len: int, greedy: bool):
+  model = nnx.merge(graphdef, state)
+  cache = model.init_cache(tokens_BxP.shape[0], cache_len)
+  logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segments_BxP, cache=cache,
+                              cache_index=0)
+  first_B = sampling.select_next(logits_BxPxV[:, -1].astype(jnp.float32), rng, greedy=greedy,
+                                 temperature=temperature, top_k=top_k, top_p=top_p)
+  return first_B, cache
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
+def _decode(graphdef, state, cache, first_B, next_position_B, prompt_len, stop_ids_S, pad_id, rng,
+            temperature, top_k, top_p, *, max_new_tokens: int, greedy: bool):
+  batch = first_B.shape[0]
+  out_BxN = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
+  done_B = jnp.isin(first_B, stop_ids_S)
+
+  def cond(carry):
+    step, _, _, _, done_B, _, _ = carry
+    return (step < max_new_tokens) & ~jnp.all(done_B)
+
+  def body(carry):
+    step, cache, token_B, position_B, done_B, out_BxN, rng = carry
+    model = nnx.merge(graphdef, state)
+    logits_Bx1xV, cache = model(token_B[:, None], position_B[:, None],
+                                jnp.ones((batch, 1), jnp.int32), cache=cache,
+                                cache_index=prompt_len + step - 1)
+    rng, step_rng = jax.random.split(rng)
+    next_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), step_rng,
+                                  greedy=greedy, temperature=temperature, top_k=top_k,
+                                  top_p=top_p)
+    next_B = jnp.where(done_B, pad_id, next_B)
+    out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, step))
+    done_B = done_B | jnp.isin(next_B, stop_ids_S)
+    return step + 1, cache, next_B, position_B + 1, done_B, out_BxN, rng
+
+  carry = (jnp.int32(1), cache, first_B, next_position_B, done_B, out_BxN, rng)
+  steps, _, _, _, _, out_BxN, _ = jax.lax.while_loop(cond, body, carry)
+  return out_BxN, steps
+
+
+def _round_up(n: int, multiple: int) -> int:
+  return -(-n // multiple) * multiple
+
+
+def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+                    stop_token_ids: Sequence[int] = (), pad_id: int = 0, seed: int = 0,
+                    prompt_bucket: int = 32) -> list[list[int]]:
+  """New token ids per prompt, cut before the first stop token (which is not included).
+
+  temperature 0 is greedy (argmax); otherwise tokens are drawn after temperature, top-k (0 = off)
+  and top-p (1 = off) filtering, from `jax.random.key(seed)`.
+  """
+  if not prompts:
+    return []
+  if max_new_tokens < 1:
+    raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+  for i, prompt in enumerate(prompts):
+    if len(prompt) == 0:
+      raise ValueError(f"prompt {i} is empty: generation needs at least one prompt token")
+  if temperature < 0 or not 0.0 <= top_p <= 1.0 or top_k < 0:
+    raise ValueError(f"need temperature >= 0, 0 <= top_p <= 1, top_k >= 0; got "
+                     f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
+  prompt_len = _round_up(max(len(p) for p in prompts), prompt_bucket)
+  tokens, positions, segments = left_pad(prompts, prompt_len, pad_id)
+  greedy = temperature == 0.0
+  graphdef, state = nnx.split(model)
+  prefill_rng, decode_rng = jax.random.split(jax.random.key(seed))
+  sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p))
+  first_B, cache = _prefill(graphdef, state, tokens, positions, segments, prefill_rng,
+                            *sampling_args, cache_len=prompt_len + max_new_tokens, greedy=greedy)
+  stop_ids = np.asarray(sorted(set(stop_token_ids)) or [-1], np.int32)
+  next_position = np.asarray([len(p) for p in prompts], np.int32)
+  out_BxN, _ = _decode(graphdef, state, cache, first_B, next_position, jnp.int32(prompt_len),
+                       stop_ids, jnp.int32(pad_id), decode_rng, *sampling_args,
+                       max_new_tokens=max_new_tokens, greedy=greedy)
+  results = []
+  stop_set = set(int(s) for s in stop_token_ids)
+  for row in np.asarray(out_BxN).tolist():
+    cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
+    results.append(row[:cut])
+  return results
+
+
+def encode_prompt(tokenizer, text: str) -> list[int]:
+  """Token ids of an already templated prompt: the tokenizer's special tokens, never a double BOS."""
+  ids = list(tokenizer.encode(text, add_special_tokens=True))
+  bos = getattr(tokenizer, "bos_token_id", None)
+  if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
+    ids = ids[1:]
+  return ids
+
+
+def trim_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
+  """The text before the earliest occurrence of any stop string."""
+  cut = len(text)
+  for stop in stop_strings or ():
+    if stop:
+      found = text.find(stop)
+      if found != -1:
+        cut = min(cut, found)
+  return text[:cut]
+
+
+def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
+             stop_token_ids: Sequence[int] | None = None,
+             stop_strings: Sequence[str] | None = None, seed: int = 0,
+             batch_size: int | None = None) -> list[str]:
+  """Responses to `prompts` (token id lists from `tokenize.prompt_tokens`, or templated strings).
+
+  Stops on `stop_token_ids` (default: EOS and the template's end-of-turn tokens the tokenizer
+  knows) during decoding; `stop_strings` are cut from the decoded text afterwards. `batch_size`
+  splits long prompt lists into batches (None = all at once).
+  """
+  token_prompts = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p)
+                   for p in prompts]
+  if stop_token_ids is None:
+    stop_token_ids = default_stop_token_ids(tokenizer)
+  pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+  batch_size = batch_size or max(len(token_prompts), 1)
+  texts = []
+  for start in range(0, len(token_prompts), batch_size):
+    chunk = token_prompts[start:start + batch_size]
+    # Pad the last chunk with copies so every chunk has the same shape (one compilation).
+    filler = [chunk[0]] * (batch_size - len(chunk)) if start else []
+    new_tokens = generate_tokens(model, chunk + filler, max_new_tokens=max_new_tokens,
+                                 temperature=temperature, top_k=top_k, top_p=top_p,
+                                 stop_token_ids=stop_token_ids, pad_id=pad_id,
+                                 seed=seed + start)[:len(chunk)]
+    texts += [trim_at_stop_strings(tokenizer.decode(t, skip_special_tokens=True), stop_strings)
+              for t in new_tokens]
+  return texts
