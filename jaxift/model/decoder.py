@@ -1,0 +1,262 @@
+"""The decoder: Llama-style (llama, mistral, qwen2, qwen3) and GPT-2 blocks in one Flax NNX module.
+
+Parameter layout (logical axes in brackets) -- the import/export tables in `hf.py` follow it:
+  embed.embedding [vocab, embed]        pos_embedding [None, embed] (gpt2)
+  layers.attn_norm / mlp_norm           final_norm            lm_head [embed, vocab] (untied)
+  layers.attn.q_kernel [embed, heads, head_dim]   k_kernel, v_kernel [embed, kv_heads, head_dim]
+  layers.attn.o_kernel [heads, head_dim, embed]   q_norm/k_norm [head_dim] (qwen3)
+  layers.mlp.gate_kernel, up_kernel [embed, mlp]  down_kernel [mlp, embed]
+With `scan_layers` the block parameters are stacked with a leading `layers` axis; otherwise
+`layers` is an `nnx.List` of blocks.
+"""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxift.model import attention as attention_lib
+from jaxift.model import layers as L
+from jaxift.model.cache import init_cache as _init_cache
+from jaxift.model.config import ModelConfig
+
+
+def _dtype(d) -> jnp.dtype:
+  return jnp.dtype(d) if d is not None else jnp.float32
+
+
+def remat_policy_fn(name: str):
+  """None (no remat) or the `jax.checkpoint` policy for a policy name."""
+  if name in (None, "", "none"):
+    return None
+  if name == "full":
+    return jax.checkpoint_policies.nothing_saveable
+  policy = getattr(jax.checkpoint_policies, name, None)
+  if policy is None or name.startswith("_"):
+    known = [p for p in dir(jax.checkpoint_policies) if p.endswith("saveable")]
+    raise ValueError(f"remat_policy {name!r} is unknown; use 'none', 'full' or one of {known}")
+  return policy
+
+
+class Attention(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype, attention_impl: str):
+    d, n, k, h = cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+    self.cfg, self.dtype, self.impl = cfg, dtype, attention_impl
+    self.q_kernel = L.param(rngs, (d, n, h), ("embed", "heads", "head_dim"), param_dtype)
+    self.k_kernel = L.param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.v_kernel = L.param(rngs, (d, k, h), ("embed", "kv_heads", "head_dim"), param_dtype)
+    self.o_kernel = L.param(rngs, (n, h, d), ("heads", "head_dim", "embed"), param_dtype)
+    if cfg.attention_bias:
+      self.q_bias = L.zeros(rngs, (n, h), ("heads", "head_dim"), param_dtype)
+      self.k_bias = L.zeros(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype)
+      self.v_bias = L.zeros(rngs, (k, h), ("kv_heads", "head_dim"), param_dtype)
+    if cfg.attention_out_bias:
+      self.o_bias = L.zeros(rngs, (d,), ("embed",), param_dtype)
+    if cfg.qk_norm:
+      self.q_norm = L.RMSNorm(h, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype,
+                              axis_name="head_dim")
+      self.k_norm = L.RMSNorm(h, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype,
+                              axis_name="head_dim")
+
+  def _project(self, x_BxTxD, name: str) -> jax.Array:
+    y = jnp.einsum("BTD,DNH->BTNH", x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
+    if self.cfg.attention_bias:
+      y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
+    return y
+
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+    q_BxTxNxH = self._project(x_BxTxD, "q")
+    k_BxTxKxH = self._project(x_BxTxD, "k")
+    v_BxTxKxH = self._project(x_BxTxD, "v")
+    if self.cfg.qk_norm:
+      q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
+    if rope is not None:
+      q_BxTxNxH = L.apply_rope(q_BxTxNxH, *rope)
+      k_BxTxKxH = L.apply_rope(k_BxTxKxH, *rope)
+    if kv is None:  # training / full forward: keys are this row's tokens
+      keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
+    else:  # write the new tokens into this layer's cache slots, attend over the whole cache
+      layer, index = kv["layer"], kv["cache_index"]
+      start = (layer, 0, index, 0, 0)
+      kv["k"] = jax.lax.dynamic_update_slice(kv["k"], k_BxTxKxH[None].astype(kv["k"].dtype), start)
+      kv["v"] = jax.lax.dynamic_update_slice(kv["v"], v_BxTxKxH[None].astype(kv["v"].dtype), start)
+      keys = jax.lax.dynamic_index_in_dim(kv["k"], layer, 0, keepdims=False).astype(self.dtype)
+      values = jax.lax.dynamic_index_in_dim(kv["v"], layer, 0, keepdims=False).astype(self.dtype)
+      kv_segments, offset = kv["segment_ids"], index
+    out_BxTxNxH = attention_lib.attention(
+        q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
+        kv_segment_ids_BxS=kv_segments, q_offset=offset,
+        sliding_window=self.cfg.sliding_window, impl=self.impl)
+    y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
+    if self.cfg.attention_out_bias:
+      y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)
+    return y_BxTxD
+
+
+class Mlp(nnx.Module):
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
+    d, f = cfg.hidden_size, cfg.intermediate_size
+    self.cfg, self.dtype, self.act = cfg, dtype, L.activation(cfg.hidden_act)
+    self.gated = cfg.family != "gpt2"
+    if self.gated:
+      self.gate_kernel = L.param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+    self.up_kernel = L.param(rngs, (d, f), ("embed", "mlp"), param_dtype)
+    self.down_kernel = L.param(rngs, (f, d), ("mlp", "embed"), param_dtype)
+    if cfg.mlp_bias:
+      if self.gated:
+        self.gate_bias = L.zeros(rngs, (f,), ("mlp",), param_dtype)
+      self.up_bias = L.zeros(rngs, (f,), ("mlp",), param_dtype)
+      self.down_bias = L.zeros(rngs, (d,), ("embed",), param_dtype)
+
+  def _dense(self, x, name: str):
+    y = x @ getattr(self, f"{name}_kernel")[...].astype(self.dtype)
+    if self.cfg.mlp_bias:
+      y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
+    return y
+
+  def __call__(self, x_BxTxD):
+    if self.gated:
+      h_BxTxF = self.act(self._dense(x_BxTxD, "gate")) * self._dense(x_BxTxD, "up")
+    else:
+      h_BxTxF = self.act(self._dense(x_BxTxD, "up"))
+    return self._dense(h_BxTxF, "down")
+
+
+class Block(nnx.Module):
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs, dtype, param_dtype, attention_impl):
+    self.attn_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
+    self.attn = Attention(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype,
+                          attention_impl=attention_impl)
+    self.mlp_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
+    self.mlp = Mlp(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv)
+    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+
+
+class Decoder(nnx.Module):
+  """Decoder-only LM. `__call__` -> float32 logits; with `cache=` -> (logits, new_cache)."""
+
+  def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype="float32", param_dtype="float32",
+               scan_layers: bool = False, remat_policy: str = "none",
+               attention_impl: str = "auto"):
+    self.cfg = cfg
+    self.dtype, self.param_dtype = _dtype(dtype), _dtype(param_dtype)
+    self.scan_layers = scan_layers
+    self.remat_policy = remat_policy
+    remat_policy_fn(remat_policy)  # fail early on a bad name
+    self.attention_impl = attention_lib.resolve_impl(attention_impl)
+    block_kw = dict(dtype=self.dtype, param_dtype=self.param_dtype,
+                    attention_impl=self.attention_impl)
+    pd = self.param_dtype
+    # Logical names are not mesh axes: shardings are applied by the loader/trainer from rules.
+    with nnx.use_eager_sharding(False):
+      self.embed = nnx.Embed(cfg.vocab_size, cfg.hidden_size, rngs=rngs, param_dtype=pd,
+                             embedding_init=nnx.with_partitioning(
+                                 jax.nn.initializers.normal(0.02), ("vocab", "embed")))
+      if cfg.family == "gpt2":
+        self.pos_embedding = L.param(rngs, (cfg.max_position_embeddings, cfg.hidden_size),
+                                     (None, "embed"), pd, jax.nn.initializers.normal(0.01))
+      if scan_layers:
+        keys = jax.random.split(rngs.params(), cfg.num_hidden_layers)
+
+        @nnx.vmap(in_axes=0, out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_block(key):
+          return Block(cfg, rngs=nnx.Rngs(params=key), **block_kw)
+        self.layers = make_block(keys)
+      else:
+        self.layers = nnx.List([Block(cfg, rngs=rngs, **block_kw)
+                                for _ in range(cfg.num_hidden_layers)])
+      self.final_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=pd)
+      if not cfg.tie_word_embeddings:
+        self.lm_head = L.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
+
+  # ---- KV cache ----------------------------------------------------------------------------------
+  def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
+    return _init_cache(self.cfg, batch, max_len, self.dtype)
+
+  # ---- forward -----------------------------------------------------------------------------------
+  def _embed(self, inputs_BxT, positions_BxT):
+    x_BxTxD = self.embed.embedding[...][inputs_BxT].astype(self.dtype)
+    if self.cfg.family == "gpt2":
+      x_BxTxD = x_BxTxD + self.pos_embedding[...][positions_BxT].astype(self.dtype)
+    return x_BxTxD
+
+  def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+    policy = remat_policy_fn(self.remat_policy)
+    no_cache = kv is None
+    kv = None if no_cache else {k: kv[k] for k in ("k", "v", "segment_ids", "cache_index")}
+
+    def apply_block(graphdef, state, x, kv_arrays, layer):
+      block = nnx.merge(graphdef, state)
+      if kv_arrays is None:
+        return block(x, rope, segment_ids_BxT, None), None
+      kv_l = dict(kv_arrays, layer=layer)
+      x = block(x, rope, segment_ids_BxT, kv_l)
+      return x, {k: kv_l[k] for k in kv_arrays}
+
+    if policy is not None:
+      apply_block = jax.checkpoint(apply_block, policy=policy, static_argnums=(0,))
+
+    if self.scan_layers:
+      graphdef, state = nnx.split(self.layers)
+
+      def body(carry, xs):
+        x, kv_arrays = carry
+        layer_state, layer = xs
+        x, kv_arrays = apply_block(graphdef, layer_state, x, kv_arrays, layer)
+        return (x, kv_arrays), None
+
+      layer_ids = jnp.arange(self.cfg.num_hidden_layers)
+      (x_BxTxD, kv), _ = jax.lax.scan(body, (x_BxTxD, kv), (state, layer_ids))
+    else:
+      for i, block in enumerate(self.layers):
+        graphdef, state = nnx.split(block)
+        x_BxTxD, kv = apply_block(graphdef, state, x_BxTxD, kv, i)
+    return x_BxTxD, kv
+
+  def _hidden(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index):
+    inputs_BxT = jnp.asarray(inputs_BxT, jnp.int32)
+    positions_BxT = jnp.asarray(positions_BxT, jnp.int32)
+    segment_ids_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
+    x_BxTxD = self._embed(inputs_BxT, positions_BxT)
+    rope = (None if self.cfg.family == "gpt2"
+            else L.rope_cos_sin(L.rope_inv_freq(self.cfg), positions_BxT))
+    kv = None
+    if cache is not None:
+      if cache_index is None:
+        raise ValueError("cache= needs cache_index= (the first slot the new tokens are written to)")
+      index = jnp.asarray(cache_index, jnp.int32)
+      segments_BxS = jax.lax.dynamic_update_slice(
+          cache["segment_ids"], segment_ids_BxT.astype(cache["segment_ids"].dtype), (0, index))
+      kv = dict(k=cache["k"], v=cache["v"], segment_ids=segments_BxS, cache_index=index)
+    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, segment_ids_BxT, kv)
+    hidden_BxTxD = self.final_norm(x_BxTxD)
+    new_cache = None if kv is None else dict(k=kv["k"], v=kv["v"], segment_ids=kv["segment_ids"])
+    return hidden_BxTxD, new_cache
+
+  def hidden(self, inputs_BxT, positions_BxT, segment_ids_BxT) -> jax.Array:
+    """Final-norm output [B, T, D] in the compute dtype (for a chunked loss)."""
+    return self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, None, None)[0]
+
+  def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
+    if self.cfg.tie_word_embeddings:
+      kernel_VxD = self.embed.embedding[...].astype(self.dtype)
+      return jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(self.dtype), kernel_VxD,
+                        preferred_element_type=jnp.float32)
+    return jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(self.dtype),
+                      self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+
+  def __call__(self, inputs_BxT, positions_BxT, segment_ids_BxT, *, cache: dict | None = None,
+               cache_index: Any = None):
+    hidden_BxTxD, new_cache = self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, cache,
+                                           cache_index)
+    logits_BxTxV = self.logits_from_hidden(hidden_BxTxD)
+    if cache is None:
+      return logits_BxTxV
+    return logits_BxTxV, new_cache

@@ -1,0 +1,118 @@
+"""Small building blocks: parameters with logical axes, norms, rotary embeddings, activations.
+
+Every parameter carries its logical axis names in the `out_sharding` metadata (flax>=0.12), so
+`nnx.get_partition_spec(state)` gives logical specs that `jaxift.train.sharding` maps to a mesh.
+"""
+import math
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+Initializer = Callable[[jax.Array, Sequence[int], jnp.dtype], jax.Array]
+
+
+def param(rngs: nnx.Rngs, shape: Sequence[int], axes: Sequence[str | None], dtype,
+          init: Initializer | None = None) -> nnx.Param:
+  """A parameter with logical axis names. Default init: normal(0.02), like HF's initializer_range."""
+  assert len(shape) == len(axes), (shape, axes)
+  init = init or jax.nn.initializers.normal(0.02)
+  return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(axes))
+
+
+def ones(rngs, shape, axes, dtype) -> nnx.Param:
+  return param(rngs, shape, axes, dtype, jax.nn.initializers.ones)
+
+
+def zeros(rngs, shape, axes, dtype) -> nnx.Param:
+  return param(rngs, shape, axes, dtype, jax.nn.initializers.zeros)
+
+
+class RMSNorm(nnx.Module):
+  """RMSNorm computed in float32 (Llama/Qwen); returns the compute dtype."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype, axis_name="norm"):
+    self.eps = eps
+    self.scale = ones(rngs, (dim,), (axis_name,), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+    return (self.scale[...].astype(jnp.float32) * y).astype(x.dtype)
+
+
+class LayerNorm(nnx.Module):
+  """LayerNorm with scale and bias, computed in float32 (GPT-2)."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype):
+    self.eps = eps
+    self.scale = ones(rngs, (dim,), ("norm",), param_dtype)
+    self.bias = zeros(rngs, (dim,), ("norm",), param_dtype)
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+    return (y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(x.dtype)
+
+
+def make_norm(cfg, dim: int, *, rngs, param_dtype) -> nnx.Module:
+  if cfg.family == "gpt2":
+    return LayerNorm(dim, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype)
+  return RMSNorm(dim, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype)
+
+
+def activation(name: str) -> Callable[[jax.Array], jax.Array]:
+  table = {
+      "silu": jax.nn.silu, "swish": jax.nn.silu, "relu": jax.nn.relu,
+      "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+      "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+      "gelu_fast": lambda x: jax.nn.gelu(x, approximate=True),
+  }
+  if name not in table:
+    raise ValueError(f"activation {name!r} is not supported (supported: {', '.join(table)})")
+  return table[name]
+
+
+def rope_inv_freq(cfg) -> np.ndarray:
+  """Inverse frequencies [head_dim/2] in float32, as transformers computes them (incl. llama3)."""
+  dim = cfg.head_dim
+  inv_freq = 1.0 / (np.float32(cfg.rope_theta) ** (np.arange(0, dim, 2, dtype=np.float32) / dim))
+  inv_freq = inv_freq.astype(np.float32)
+  scaling = cfg.rope_scaling_dict
+  if not scaling:
+    return inv_freq
+  rope_type = scaling["rope_type"]
+  factor = float(scaling["factor"])
+  if rope_type == "linear":
+    return (inv_freq / factor).astype(np.float32)
+  if rope_type == "llama3":
+    low, high = float(scaling["low_freq_factor"]), float(scaling["high_freq_factor"])
+    old_len = float(scaling["original_max_position_embeddings"])
+    low_wavelen, high_wavelen = old_len / low, old_len / high
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (old_len / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+  raise ValueError(f"rope type {rope_type!r} is not supported")
+
+
+def rope_cos_sin(inv_freq_H2: np.ndarray, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, T, head_dim/2] in float32 for each token's position."""
+  angles_BxTxH2 = positions_BxT.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq_H2)
+  return jnp.cos(angles_BxTxH2), jnp.sin(angles_BxTxH2)
+
+
+def apply_rope(x_BxTxNxH: jax.Array, cos_BxTxH2: jax.Array, sin_BxTxH2: jax.Array) -> jax.Array:
+  """Rotary embedding in the HF (rotate-half, non-interleaved) layout, computed in float32."""
+  x = x_BxTxNxH.astype(jnp.float32)
+  x1, x2 = jnp.split(x, 2, axis=-1)
+  cos, sin = cos_BxTxH2[:, :, None, :], sin_BxTxH2[:, :, None, :]
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x_BxTxNxH.dtype)
