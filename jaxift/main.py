@@ -1,0 +1,61 @@
+"""Entry point: `python -m jaxift.main --config=configs/x.py[:variant] --workdir=DIR [--config.a.b=v]`.
+
+Multi-host: on a Cloud TPU VM slice `jax.distributed.initialize()` finds its peers by itself; on
+other clusters pass --coordinator_address/--num_processes/--process_id to every process.
+"""
+import json
+
+from absl import app
+from absl import flags
+from absl import logging
+import jax
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config file, e.g. configs/quickstart.py or configs/x.py:key=value.",
+    lock_config=True)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (local or gs://): checkpoints, "
+                               "metrics, config; an existing one is resumed.", required=True)
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None,
+                                   "host:port of process 0 for a multi-process run off Cloud TPU.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a multi-process run.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+_DISTRIBUTED = flags.DEFINE_enum(
+    "distributed", "auto", ["auto", "on", "off"],
+    "auto: initialize jax.distributed when coordinator flags are given or on a Cloud TPU pod slice.")
+
+
+def _maybe_initialize_distributed() -> None:
+  if _DISTRIBUTED.value == "off":
+    return
+  if _COORDINATOR.value or _NUM_PROCESSES.value:
+    if jax.config.jax_platforms and "cpu" in jax.config.jax_platforms:
+      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
+                               num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
+  elif _DISTRIBUTED.value == "on" or _on_tpu_pod():
+    jax.distributed.initialize()  # Cloud TPU: peers from the TPU metadata server
+
+
+def _on_tpu_pod() -> bool:
+  """A multi-host Cloud TPU VM: the TPU runtime advertises several worker hostnames."""
+  import os  # pylint: disable=g-import-not-at-top
+  hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
+  return len([h for h in hostnames.split(",") if h]) > 1
+
+
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  _maybe_initialize_distributed()
+  logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
+               jax.devices())
+  from jaxift.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
+  results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  if jax.process_index() == 0:
+    print(json.dumps({"final": results}, default=str), flush=True)
+
+
+if __name__ == "__main__":
+  flags.mark_flags_as_required(["config"])
+  app.run(main)
