@@ -58,3 +58,17 @@ def test_bad_arguments(stub):
     sampler.generate_tokens(stub, [[1], []], max_new_tokens=4)
   with pytest.raises(ValueError, match="max_new_tokens"):
     sampler.generate_tokens(stub, [[1]], max_new_tokens=0)
+
+
+def test_cached_greedy_matches_full_recompute_on_a_real_decoder(tiny_decoder):
+  """The KV-cache path against argmax of full uncached forwards, token by token."""
+  import jax.numpy as jnp
+  prompts = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [200]]
+  out = sampler.generate_tokens(tiny_decoder, prompts, max_new_tokens=8)
+  for prompt, got in zip(prompts, out):
+    seq = list(prompt)
+    for _ in range(8):
+      n = len(seq)
+      logits = tiny_decoder(jnp.array([seq]), jnp.arange(n)[None], jnp.ones((1, n), jnp.int32))
+      seq.append(int(jnp.argmax(logits[0, -1])))
+    assert got == seq[len(prompt):]

@@ -1,0 +1,36 @@
+"""Models shared by the inference tests: a tiny random decoder, and SmolLM2 in JAX and PyTorch
+(each loaded once per session)."""
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_decoder():
+  from flax import nnx
+  from jaxift.model.config import ModelConfig
+  from jaxift.model.decoder import Decoder
+  cfg = ModelConfig.from_hf_dict(dict(model_type="llama", vocab_size=256, hidden_size=64,
+                                      intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2))
+  return Decoder(cfg, rngs=nnx.Rngs(0))
+
+
+@pytest.fixture(scope="session")
+def smollm2_jax(smollm2_gguf):
+  from jaxift.model.config import default_model_config
+  from jaxift.model.loading import build_model
+  model_config = default_model_config()
+  model_config.path = str(smollm2_gguf)
+  model_config.dtype = "float32"
+  model, _ = build_model(model_config)
+  return model
+
+
+@pytest.fixture(scope="session")
+def smollm2_torch(smollm2_gguf):
+  import torch
+  from transformers import AutoModelForCausalLM
+  torch.set_num_threads(2)
+  model = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent),
+                                               gguf_file=smollm2_gguf.name,
+                                               torch_dtype=torch.float32)
+  return model.eval()
