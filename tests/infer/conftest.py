@@ -34,3 +34,29 @@ def smollm2_torch(smollm2_gguf):
                                                gguf_file=smollm2_gguf.name,
                                                torch_dtype=torch.float32)
   return model.eval()
+
+
+def full_forward_logits(model, seq: list[int], length: int = 32):
+  """Uncached logits [len(seq), V] of one sequence (right-padded with segment 0 to `length`, so
+  one jitted compilation serves every call): the reference the cached paths are checked against."""
+  import jax
+  import jax.numpy as jnp
+  import numpy as np
+  from flax import nnx
+  assert len(seq) <= length
+  graphdef, state = nnx.split(model)
+  tokens = np.zeros((1, length), np.int32)
+  tokens[0, :len(seq)] = seq
+  segments = (np.arange(length) < len(seq)).astype(np.int32)[None]
+  logits = _jitted_forward(graphdef, state, tokens, np.arange(length, dtype=np.int32)[None],
+                           segments)
+  return np.asarray(logits[0, :len(seq)])
+
+
+def _jitted_forward(graphdef, state, tokens, positions, segments):
+  import jax
+  from flax import nnx
+  global _FORWARD
+  if "_FORWARD" not in globals():
+    _FORWARD = jax.jit(lambda g, s, t, p, seg: nnx.merge(g, s)(t, p, seg), static_argnums=0)
+  return _FORWARD(graphdef, state, tokens, positions, segments)

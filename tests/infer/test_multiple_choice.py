@@ -1,12 +1,11 @@
 """Multiple choice by log-likelihood: file parsing, scoring rule, and batched model likelihoods."""
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from jaxift.infer import multiple_choice as mc
+from tests.infer.conftest import full_forward_logits
 
 
 def test_scoring_raw_and_length_normalized():
@@ -58,7 +57,8 @@ def test_batched_loglikelihood_matches_unpadded_forward(tiny_decoder):
   for (context, continuation), value in zip(pairs, ours):
     seq = context + continuation
     n = len(seq) - 1
-    logits = tiny_decoder(jnp.array([seq[:-1]]), jnp.arange(n)[None], jnp.ones((1, n), jnp.int32))
-    logprobs = np.asarray(jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1))
+    logits = full_forward_logits(tiny_decoder, seq[:-1]).astype(np.float64)
+    logprobs = logits - np.log(np.sum(np.exp(logits - logits.max(-1, keepdims=True)), -1,
+                                      keepdims=True)) - logits.max(-1, keepdims=True)
     expected = sum(logprobs[t, seq[t + 1]] for t in range(len(context) - 1, n))
     assert value == pytest.approx(float(expected), abs=1e-4)
