@@ -29,8 +29,9 @@ def _maybe_initialize_distributed() -> None:
   if _DISTRIBUTED.value == "off":
     return
   if _COORDINATOR.value or _NUM_PROCESSES.value:
-    if jax.config.jax_platforms and "cpu" in jax.config.jax_platforms:
-      jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    # CPU-only runs (tests, a cluster without accelerators) need gloo for cross-process
+    # collectives; the setting does not affect GPU/TPU backends.
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
   elif _DISTRIBUTED.value == "on" or _on_tpu_pod():
@@ -47,6 +48,8 @@ def _on_tpu_pod() -> bool:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:  # Orbax logs every file it writes at INFO
+    logging.set_verbosity(logging.WARNING)
   _maybe_initialize_distributed()
   logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())

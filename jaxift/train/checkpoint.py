@@ -10,6 +10,7 @@ Restoring goes through abstract arrays that carry the TARGET shardings, so a run
 restores onto another (a different device count or fsdp/tensor split).
 """
 import json
+import logging
 import tempfile
 from typing import Any
 
@@ -20,6 +21,16 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 VALIDATION_METRIC = "validation_loss"
+
+
+class _NoMetricWarningFilter(logging.Filter):
+  """Checkpoints between evaluations have no validation loss by design; Orbax warns on each."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return "did not provide metrics" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_NoMetricWarningFilter())
 
 
 def _keep_policy(keep: int, keep_best: int):
@@ -57,8 +68,15 @@ class Checkpointer:
     return self.manager.latest_step()
 
   def best_step(self) -> int | None:
-    """The step with the lowest validation loss; the latest when none was evaluated."""
-    return self.manager.best_step()
+    """The step with the lowest validation loss (the earliest on a tie); else the latest."""
+    best = None
+    for step in self.all_steps():
+      path = self.directory / str(step) / "metrics" / "metrics"
+      if path.exists():
+        loss = json.loads(path.read_text()).get(VALIDATION_METRIC)
+        if loss is not None and (best is None or (loss, step) < best):
+          best = (loss, step)
+    return best[1] if best else self.latest_step()
 
   def save(self, step: int, *, params: Any, opt_state: Any, meta: dict,
            data_iter: Any = None, validation_loss: float | None = None) -> None:
@@ -100,7 +118,7 @@ def abstract_like(tree: Any) -> Any:
 def write_text_atomic(path: epath.Path, text: str) -> None:
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def save_config(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> None:
@@ -153,6 +171,29 @@ def resolve_step(checkpointer: Checkpointer, step: str | int, workdir: epath.Pat
   return resolved
 
 
+def abstract_model(model_config: ml_collections.ConfigDict, hf_dict: dict, mesh: Any, rules: Any):
+  """(graphdef, abstract params with target shardings, rest, ModelConfig), reading no weights."""
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  from jaxift.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
+  from jaxift.model.decoder import Decoder  # pylint: disable=g-import-not-at-top
+  from jaxift.model.loading import module_options, state_shardings  # pylint: disable=g-import-not-at-top
+
+  cfg = ModelConfig.from_hf_dict(hf_dict)
+  options = module_options(model_config)
+  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), **options))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError("the decoder holds non-parameter state; it cannot be rebuilt abstractly")
+  if mesh is not None:
+    shardings = jax.tree.leaves(state_shardings(params, mesh, rules))
+  else:
+    shardings = [jax.sharding.SingleDeviceSharding(jax.devices()[0])] * len(jax.tree.leaves(params))
+  leaves, treedef = jax.tree.flatten(params)
+  params = jax.tree.unflatten(treedef, [
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings)])
+  return graphdef, params, rest, cfg
+
+
 def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
                        mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, ml_collections.ConfigDict]:
   """(model, tokenizer, config) of a training workdir at step 'latest', 'best' or an int.
@@ -162,7 +203,6 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
-  from jaxift.model.loading import build_model  # pylint: disable=g-import-not-at-top
 
   workdir = epath.Path(workdir)
   if not (workdir / "config.json").exists():
@@ -171,16 +211,9 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
   checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
   try:
     resolved = resolve_step(checkpointer, step, workdir)
-    model_config = ml_collections.ConfigDict(config.model.to_dict())
-    model_config.path = ""
-    model_config.hf_config = json.loads((workdir / "model_config.json").read_text())
-    rules = tuple(tuple(r) for r in config.mesh.rules) if mesh is not None else None
-    model, _ = nnx.eval_shape(lambda: build_model(model_config, mesh=mesh, rules=rules))
-    graphdef, abstract_params, rest = nnx.split(model, nnx.Param, ...)
-    if mesh is None:
-      device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-      abstract_params = jax.tree.map(
-          lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract_params)
+    hf_dict = json.loads((workdir / "model_config.json").read_text())
+    from jaxift.train.config import mesh_rules  # pylint: disable=g-import-not-at-top
+    graphdef, abstract_params, rest, _ = abstract_model(config.model, hf_dict, mesh, mesh_rules(config))
     restored = checkpointer.restore(resolved, abstract_params=abstract_params)
   finally:
     checkpointer.close()

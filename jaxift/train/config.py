@@ -54,6 +54,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.log_every = 10
   c.train.eval_every = 0  # 0 = only at the end
   c.train.save_every = 100  # 0 = only at the end (and on SIGTERM)
+  c.train.stop_at_step = 0  # save and stop after this step, as a preemption would; 0 = off
   c.train.early_stopping_patience = 0  # evaluations without improvement; 0 = off
   c.train.early_stopping_min_delta = 0.0
   c.train.progress_bar = True
@@ -77,6 +78,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.generate_batch_size = 16
   c.eval.show_generations = 3
   return c
+
+
+def mesh_rules(config: ml_collections.ConfigDict) -> tuple:
+  """config.mesh.rules as hashable tuples (a JSON round trip turns them into lists)."""
+  return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
+               for name, t in config.mesh.rules)
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -19,16 +19,17 @@ import numpy as np
 import optax
 
 from jaxift.train import checkpoint as ckpt_lib
+from jaxift.train import host_batches
 from jaxift.train import mfu as mfu_lib
 from jaxift.train import optimizer as opt_lib
 from jaxift.train import sharding
 from jaxift.train import step as step_lib
+from jaxift.train.config import mesh_rules
 from jaxift.train.early_stopping import EarlyStopping
 from jaxift.train.metrics import MetricWriter, StepTimer
 from jaxift.train.preemption import PreemptionWatcher
 
 BATCH_AXES = ("data", "fsdp")
-BATCH_KEYS = ("inputs", "targets", "weights", "segment_ids", "positions")
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -42,10 +43,6 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
   return optax.tree_map_params(
       tx, lambda x, s: x if isinstance(x, optax.MaskedNode) else s, abstract, param_shardings,
       transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
-
-
-def _mesh_rules(config: ml_collections.ConfigDict) -> tuple:
-  return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t) for name, t in config.mesh.rules)
 
 
 def _count_epoch_batches(config, tokenizer, per_process: int) -> int:
@@ -74,19 +71,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- Mesh ---------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
-  rules = _mesh_rules(config)
+  rules = mesh_rules(config)
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
   replicated = NamedSharding(mesh, P())
   batch_shards = mesh.shape["data"] * mesh.shape["fsdp"]
   logging.info("mesh %s over %d devices, %d processes", dict(mesh.shape), mesh.size,
                jax.process_count())
 
-  # ---- Tokenizer and model (born sharded) ---------------------------------------------------------
+  # ---- Tokenizer and model: born sharded, or abstract when a checkpoint will overwrite it ----------
+  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
+                                       keep_best=config.checkpoint.keep_best,
+                                       async_save=config.checkpoint.async_save)
+  latest = checkpointer.latest_step()
+  resuming = latest is not None and (workdir / "model_config.json").exists()
   tokenizer = load_tokenizer(config.tokenizer.path or config.model.path)
-  model, model_cfg = build_model(config.model, mesh=mesh, rules=rules, seed=config.train.seed)
-  graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  del model
-  model_hf = model_cfg.to_hf_dict()
+  if resuming:  # no pretrained weights read: the checkpoint's parameters land in their shards
+    model_hf = json.loads((workdir / "model_config.json").read_text())
+    graphdef, params, rest, model_cfg = ckpt_lib.abstract_model(config.model, model_hf, mesh, rules)
+  else:
+    model, model_cfg = build_model(config.model, mesh=mesh, rules=rules, seed=config.train.seed)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    del model
+    model_hf = model_cfg.to_hf_dict()
 
   # ---- Input --------------------------------------------------------------------------------------
   global_batch, accum = int(config.train.global_batch_size), int(config.train.grad_accum_steps)
@@ -113,15 +119,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_iter = make_train_iter()
 
   def to_global(host_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
-    return {k: jax.make_array_from_process_local_data(batch_sharding, np.asarray(host_batch[k]))
-            for k in BATCH_KEYS}
+    return host_batches.to_global(host_batches.same_length(host_batch), batch_sharding)
 
   # ---- Optimizer, state sharded like the parameters -----------------------------------------------
   tx, schedule = opt_lib.make_optimizer(config.optimizer, params, total_steps,
                                         freeze_regex=config.train.freeze_regex)
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   opt_shardings = optimizer_shardings(tx, params, param_shardings, replicated)
-  opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
+  if resuming:
+    opt_state = jax.tree.map(lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh),
+                             jax.eval_shape(tx.init, params), opt_shardings)
+  else:
+    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
   trainable = opt_lib.trainable_mask(params, config.train.freeze_regex)
 
   # ---- Train and eval steps: pure, jitted, explicit shardings, donated state ----------------------
@@ -151,7 +160,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       logging.warning("no validation: %s", e)
       return None
     totals = None
-    for i, host_batch in enumerate(it):
+    for i, host_batch in enumerate(host_batches.lockstep(it, eval_rows // jax.process_count())):
       if config.eval.max_batches and i >= config.eval.max_batches:
         break
       sums = eval_step(params, to_global(host_batch))
@@ -164,21 +173,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             "token_accuracy": float(totals["correct_sum"] / max(float(totals["weight_sum"]), 1e-9)),
             "trained_tokens": float(totals["weight_sum"])}
 
-  # ---- Checkpoint: resume from the latest, else write the run's side files ------------------------
-  checkpointer = ckpt_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
-                                       keep_best=config.checkpoint.keep_best,
-                                       async_save=config.checkpoint.async_save)
+  # ---- Resume from the latest checkpoint (params, optimizer, step, data iterator) -----------------
   early = EarlyStopping(patience=int(config.train.early_stopping_patience),
                         min_delta=float(config.train.early_stopping_min_delta))
   start_step = 0
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    abstract_params = ckpt_lib.abstract_like(params)
-    abstract_opt = ckpt_lib.abstract_like(opt_state)
-    del params, opt_state
+  if resuming:
     try:
       restored = checkpointer.restore(
-          latest, abstract_params=abstract_params, abstract_opt_state=abstract_opt,
+          latest, abstract_params=params, abstract_opt_state=opt_state,
           data_iter=train_iter if config.checkpoint.save_data_iterator else None)
     except ValueError as e:
       if "process_" not in str(e):
@@ -187,8 +189,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # mapped onto this run's shards. Parameters and optimizer state still resume.
       logging.warning("data iterator state not restorable (%s); restarting the data order", e)
       train_iter = make_train_iter()
-      restored = checkpointer.restore(latest, abstract_params=abstract_params,
-                                      abstract_opt_state=abstract_opt)
+      restored = checkpointer.restore(latest, abstract_params=params, abstract_opt_state=opt_state)
     params, opt_state = restored["params"], restored["opt_state"]
     start_step = int(restored["meta"]["step"])
     early.load_state_dict(restored["meta"].get("early_stopping", {}))
@@ -222,7 +223,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   timer = StepTimer()
   watcher = PreemptionWatcher(checkpointer)
   pending: tuple[int, Any, int] | None = None  # (step, device metrics, row length T)
-  last_saved = start_step if latest is not None else -1
+  last_saved = start_step if resuming else -1
   step_times: list[float] = []
 
   def finish(pending) -> None:
@@ -276,7 +277,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       is_last = step == total_steps
       do_eval = is_last or (config.train.eval_every and step % config.train.eval_every == 0)
       do_save = is_last or (config.train.save_every and step % config.train.save_every == 0)
-      preempted = watcher.reached(step)
+      preempted = watcher.reached(step) or step == config.train.stop_at_step
       if do_eval or do_save or preempted:
         finish(pending)  # never evaluate or save state whose loss was not checked
         pending = None

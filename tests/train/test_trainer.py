@@ -1,0 +1,78 @@
+"""Trainer runs in-process on the tiny config: exact resume, NaN stop, early stopping, loading."""
+import re
+
+import pytest
+
+from jaxift.train import checkpoint as ckpt_lib
+from jaxift.train.trainer import NonFiniteLossError, train_and_evaluate
+from tests.train.conftest import make_tiny_config, train_records
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory, gpt2_dir):
+  """4 steps without interruption (the reference)."""
+  c = make_tiny_config(gpt2_dir, steps=4)
+  workdir = tmp_path_factory.mktemp("straight")
+  results = train_and_evaluate(c, str(workdir))
+  return workdir, results
+
+
+def test_resume_is_exact(straight_run, tiny_config, tmp_path):
+  straight_dir, straight = straight_run
+  c = tiny_config(steps=4)
+  c.train.stop_at_step = 2  # saves and stops as a preemption would
+  first = train_and_evaluate(c, str(tmp_path))
+  assert first["step"] == 2 and first["preempted"]
+  second = train_and_evaluate(tiny_config(steps=4), str(tmp_path))
+  assert second["start_step"] == 2 and second["step"] == 4
+  want, got = train_records(straight_dir), train_records(tmp_path)
+  assert sorted(got) == [1, 2, 3, 4]
+  for step in want:
+    assert got[step] == pytest.approx(want[step], abs=1e-6), step
+  # The same batches: identical token counts per step.
+  assert train_records(tmp_path, "non_padding_tokens") == train_records(
+      straight_dir, "non_padding_tokens")
+  assert second["validation_loss"] == pytest.approx(straight["validation_loss"], abs=1e-6)
+
+
+def test_load_for_inference_latest_and_missing_step(straight_run):
+  workdir, results = straight_run
+  model, tokenizer, config = ckpt_lib.load_for_inference(workdir, "latest")
+  assert config.train.num_steps == 4
+  assert tokenizer.encode("hello world") == [31373, 995]  # GPT-2's ids
+  import jax.numpy as jnp
+  logits = model(jnp.array([[31373, 995]]), jnp.array([[0, 1]]), jnp.array([[1, 1]]))
+  assert logits.shape == (1, 2, 50257)
+  best_model, _, _ = ckpt_lib.load_for_inference(workdir, "best")
+  assert results["best_step"] == 4
+  with pytest.raises(FileNotFoundError, match=r"steps \[4\]"):
+    ckpt_lib.load_for_inference(workdir, 3)
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    ckpt_lib.load_for_inference(workdir / "nope", "latest")
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
+  c = tiny_config(steps=6)
+  c.optimizer.lr = 1e38  # the first update overflows the parameters
+  c.optimizer.warmup_steps = 0
+  c.optimizer.schedule = "constant"
+  c.optimizer.grad_clip_norm = 0.0
+  c.train.save_every = 1
+  with pytest.raises(NonFiniteLossError) as error:
+    train_and_evaluate(c, str(tmp_path))
+  match = re.search(r"loss is (nan|inf|-inf) at step (\d+).*last good one is step (\d+)",
+                    str(error.value))
+  assert match, str(error.value)
+  bad, good = int(match.group(2)), int(match.group(3))
+  assert good == bad - 1
+  assert max(ckpt_lib.Checkpointer(tmp_path, read_only=True).all_steps()) == good
+
+
+def test_early_stopping_stops_when_validation_stops_improving(tiny_config, tmp_path):
+  c = tiny_config(steps=8)
+  c.optimizer.lr = 0.0  # validation loss never improves after the first evaluation
+  c.train.eval_every = 1
+  c.train.early_stopping_patience = 2
+  results = train_and_evaluate(c, str(tmp_path))
+  assert results["early_stopped"] and results["step"] == 3
+  assert results["best_step"] == 1
