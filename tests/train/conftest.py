@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -24,12 +25,29 @@ def gpt2_dir(shared_data) -> str:
   return str(shared_data / "gpt2")
 
 
+# Rows of 80 tokens hold every tiny synthetic example (none dropped, so one process and two
+# processes see the same records); one row length means one compilation.
+TEST_SEQ_LEN = 80
+COMPILE_CACHE = pathlib.Path(tempfile.gettempdir()) / "jaxift_train_tests_xla_cache"
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _compile_cache():
+  """A persistent XLA cache for this directory's tests: many runs compile the same tiny steps."""
+  import jax
+  old = (jax.config.jax_compilation_cache_dir, jax.config.jax_persistent_cache_min_compile_time_secs)
+  jax.config.update("jax_compilation_cache_dir", str(COMPILE_CACHE))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+  yield
+  jax.config.update("jax_compilation_cache_dir", old[0])
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", old[1])
+
+
 def make_tiny_config(gpt2_dir: str, **arg):
-  """The tiny config made cheaper for tests: 4 rows of at most 64 tokens, no shuffling."""
-  arg = {"tokenizer": gpt2_dir, "batch": 4, "batching": "bucket", **arg}
+  """The tiny config made cheaper for tests: 4 rows of 80 tokens, no shuffling."""
+  arg = {"tokenizer": gpt2_dir, "batch": 4, **arg}
   c = load_config_file(TINY, ",".join(f"{k}={v}" for k, v in arg.items()))
-  c.data.max_seq_length = 64
-  c.data.buckets = (48, 64)
+  c.data.max_seq_length = TEST_SEQ_LEN
   c.data.shuffle = False
   c.checkpoint.async_save = False
   return c
@@ -49,13 +67,15 @@ def train_records(workdir, key: str = "loss") -> dict[int, float]:
 def tiny_cli_args(gpt2_dir: str, workdir, *extra: str, steps: int = 2) -> list[str]:
   """`python -m jaxift.main` with the test variant of configs/tiny.py."""
   return [sys.executable, "-m", "jaxift.main",
-          f"--config={TINY}:tokenizer={gpt2_dir},batch=4,batching=bucket,steps={steps}",
-          f"--workdir={workdir}", "--config.data.max_seq_length=64",
-          "--config.data.buckets=(48, 64)", "--config.data.shuffle=False", *extra]
+          f"--config={TINY}:tokenizer={gpt2_dir},batch=4,steps={steps}",
+          f"--workdir={workdir}", f"--config.data.max_seq_length={TEST_SEQ_LEN}",
+          "--config.data.shuffle=False", *extra]
 
 
 def subprocess_env(**extra: str) -> dict[str, str]:
-  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
+  env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT),
+             JAX_COMPILATION_CACHE_DIR=str(COMPILE_CACHE),
+             JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
   env.pop("XLA_FLAGS", None)
   env.update(extra)
   return env
@@ -66,3 +86,12 @@ def run(cmd: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedP
                         text=True, timeout=timeout)
   assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc
+
+
+@pytest.fixture(scope="session")
+def reference_run(tmp_path_factory, gpt2_dir):
+  """4 tiny steps on one device without interruption: what every other layout must reproduce."""
+  from jaxift.train.trainer import train_and_evaluate
+  workdir = tmp_path_factory.mktemp("reference")
+  results = train_and_evaluate(make_tiny_config(gpt2_dir, steps=4), str(workdir))
+  return workdir, results

@@ -5,20 +5,11 @@ import pytest
 
 from jaxift.train import checkpoint as ckpt_lib
 from jaxift.train.trainer import NonFiniteLossError, train_and_evaluate
-from tests.train.conftest import make_tiny_config, train_records
+from tests.train.conftest import train_records
 
 
-@pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, gpt2_dir):
-  """4 steps without interruption (the reference)."""
-  c = make_tiny_config(gpt2_dir, steps=4)
-  workdir = tmp_path_factory.mktemp("straight")
-  results = train_and_evaluate(c, str(workdir))
-  return workdir, results
-
-
-def test_resume_is_exact(straight_run, tiny_config, tmp_path):
-  straight_dir, straight = straight_run
+def test_resume_is_exact(reference_run, tiny_config, tmp_path):
+  straight_dir, straight = reference_run
   c = tiny_config(steps=4)
   c.train.stop_at_step = 2  # saves and stops as a preemption would
   first = train_and_evaluate(c, str(tmp_path))
@@ -35,8 +26,8 @@ def test_resume_is_exact(straight_run, tiny_config, tmp_path):
   assert second["validation_loss"] == pytest.approx(straight["validation_loss"], abs=1e-6)
 
 
-def test_load_for_inference_latest_and_missing_step(straight_run):
-  workdir, results = straight_run
+def test_load_for_inference_latest_and_missing_step(reference_run):
+  workdir, results = reference_run
   model, tokenizer, config = ckpt_lib.load_for_inference(workdir, "latest")
   assert config.train.num_steps == 4
   assert tokenizer.encode("hello world") == [31373, 995]  # GPT-2's ids
