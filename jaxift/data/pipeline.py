@@ -1,0 +1,158 @@
+"""The Grain input pipeline: records -> per-process shard -> shuffle (per epoch) -> tokenize+mask ->
+filter (counted) -> pad / bucket / pack -> batch -> prefetch. Iterators are checkpointable."""
+from typing import Any
+
+from absl import flags
+import grain
+import ml_collections
+import numpy as np
+
+from jaxift.data import batching, sources, tokenize
+from jaxift.data.formats import RecordError
+from jaxift.data.stats import ALWAYS_COUNTED, DropStats
+
+DROP_KEY = '_drop_reason'
+PRETOKENIZED_KEYS = ('inputs', 'targets', 'weights')
+
+
+class TokenizeRecord(grain.transforms.Map):
+  """(where, record) -> shifted example, or a {DROP_KEY: reason} marker counted after the workers
+  (so drop counts are complete whatever the number of worker processes)."""
+
+  def __init__(self, cfg: ml_collections.FrozenConfigDict, tokenizer):
+    self._cfg = cfg
+    self._tokenizer = tokenizer
+
+  def map(self, element):
+    where, record = element
+    try:
+      if isinstance(record, dict) and all(k in record for k in PRETOKENIZED_KEYS):
+        return from_pretokenized(record, self._cfg, where)
+      return tokenize.tokenize_record(record, self._cfg, self._tokenizer, where)
+    except RecordError as e:
+      if e.reason in ALWAYS_COUNTED or self._cfg.skip_invalid:
+        return {DROP_KEY: e.reason}
+      raise
+
+
+def from_pretokenized(record: dict, cfg, where: str) -> dict[str, np.ndarray]:
+  """A record written by tools/preprocess.py (already shifted and masked)."""
+  ex = {k: np.asarray(record[k], np.int32 if k != 'weights' else np.float32)
+        for k in PRETOKENIZED_KEYS}
+  n = len(ex['inputs'])
+  if 'segment_ids' in record:  # an offline-packed row
+    ex['segment_ids'] = np.asarray(record['segment_ids'], np.int32)
+    ex['positions'] = np.asarray(record['positions'], np.int32)
+  else:
+    ex['positions'] = np.asarray(record.get('positions', np.arange(n)), np.int32)
+  if n > cfg.max_seq_length:
+    raise RecordError(f'{where}: preprocessed row of {n} tokens > max_seq_length='
+                      f'{cfg.max_seq_length}', reason='too_long')
+  return ex
+
+
+class CountDrops:
+  """Filter predicate that counts; fails loudly when a whole pass over the data keeps nothing."""
+
+  def __init__(self, stats: DropStats, patience: int):
+    self._stats = stats
+    self._patience = patience
+    self._consecutive = 0
+
+  def __call__(self, ex: dict[str, Any]) -> bool:
+    reason = ex.get(DROP_KEY)
+    if reason is None:
+      self._stats.add('kept')
+      self._consecutive = 0
+      return True
+    self._stats.add(reason)
+    self._consecutive += 1
+    if self._consecutive > self._patience:
+      raise ValueError(f'every example in a full pass was dropped: {self._stats}')
+    return False
+
+
+class DataIterator(grain.DatasetIterator):
+  """The pipeline's Grain iterator, plus `stats` (DropStats of the examples this iterator saw)."""
+
+  def __init__(self, parent: grain.DatasetIterator, stats: DropStats):
+    super().__init__(parent)
+    self.stats = stats
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    return next(self._parent)
+
+  def get_state(self):
+    return self._parent.get_state()
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state)
+
+  def close(self) -> None:
+    try:
+      self._parent.close()
+    except (AttributeError, TypeError):  # at interpreter exit Grain's modules may be gone already
+      pass
+
+
+class _WithStats(grain.IterDataset):
+
+  def __init__(self, parent: grain.IterDataset, stats: DropStats):
+    super().__init__(parent)
+    self._stats = stats
+
+  def __iter__(self) -> DataIterator:
+    return DataIterator(self._parent.__iter__(), self._stats)
+
+
+def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_index: int,
+                 shard_count: int, seed: int, num_epochs: int | None = None,
+                 stats: DropStats | None = None) -> grain.IterDataset:
+  cfg = ml_collections.FrozenConfigDict(data_config)
+  stats = stats if stats is not None else DropStats()
+  records, invalid = sources.load_split(cfg, split)
+  stats.update(invalid)
+  if not 0 <= shard_index < shard_count:
+    raise ValueError(f'shard_index={shard_index} not in [0, {shard_count})')
+  ds = grain.MapDataset.source(records)[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(f'split {split!r} has {len(records)} records: none for shard {shard_index} '
+                     f'of {shard_count}')
+  if cfg.shuffle and split == 'train':
+    ds = ds.shuffle(seed=seed)
+  ds = ds.repeat(num_epochs)  # None = forever; each epoch is shuffled anew
+  ds = ds.map(TokenizeRecord(cfg, tokenizer)).to_iter_dataset()
+  if cfg.num_workers > 0:
+    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
+      flags.FLAGS.mark_as_parsed()
+    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
+        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+  ds = ds.filter(CountDrops(stats, patience=len(records) // shard_count + 1))
+  pad_id = tokenize.tokenizer_info(tokenizer).pad_id
+  length = cfg.max_seq_length
+  if cfg.batching == 'max_length':
+    ds = ds.map(lambda ex: ex if 'segment_ids' in ex else batching.pad_example(ex, length, pad_id))
+    ds = ds.batch(batch_size)
+  elif cfg.batching == 'bucket':
+    ds = ds.batch(batch_size, batch_fn=batching.make_bucket_batch_fn(
+        batching.bucket_lengths(cfg), pad_id))
+  elif cfg.batching == 'packing':
+    bins = cfg.packing_bins or 4 * batch_size
+    ds = batching.pack(ds, length, bins, pad_id, seed).batch(batch_size)
+  else:
+    raise ValueError(f"data.batching={cfg.batching!r}; expected 'max_length', 'bucket' or "
+                     "'packing'")
+  ds = ds.map(lambda b: batching.fill_batch(b, batch_size))
+  if cfg.prefetch_buffer_size > 0:
+    ds = grain.experimental.ThreadPrefetchIterDataset(
+        ds, prefetch_buffer_size=cfg.prefetch_buffer_size)
+  return _WithStats(ds, stats)
+
+
+def make_iterator(data_config, tokenizer, *, split: str, batch_size: int, shard_index: int,
+                  shard_count: int, seed: int, num_epochs: int | None = None) -> DataIterator:
+  """Checkpointable iterator of batch-contract dicts [batch_size, T] (batch_size per process);
+  `.stats` counts kept and dropped examples by reason. num_epochs=None repeats forever."""
+  return iter(make_dataset(data_config, tokenizer, split=split, batch_size=batch_size,
+                           shard_index=shard_index, shard_count=shard_count, seed=seed,
+                           num_epochs=num_epochs))
