@@ -20,9 +20,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.source = 'files'  # 'files' | 'synthetic'
   # Comma-separated paths or globs (local or etils.epath, e.g. gs://): .json (array), .jsonl,
   # .parquet, .arrayrecord (tools/preprocess.py output), or a `datasets.save_to_disk` folder.
-  c.train_files = ''
-  c.validation_files = ''  # '' = carve the split out of train_files with split_fractions
-  c.test_files = ''
+  # A list of paths works too (from a config file).
+  c.train_files = ml_collections.FieldReference('', field_type=object)
+  # '' = carve validation and test out of train_files with split_fractions
+  c.validation_files = ml_collections.FieldReference('', field_type=object)
+  c.test_files = ml_collections.FieldReference('', field_type=object)
   c.split_fractions = (0.85, 0.05, 0.10)  # train/validation/test, used when only train_files is set
   c.split_seed = placeholder(int)  # None = file order (as in "LLMs from scratch"); int = shuffled
   c.hf_split = 'train'  # which split of a saved DatasetDict to read
