@@ -16,9 +16,9 @@ def pad_example(ex: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str
   for key in KEYS:
     fill = pad_id if key in ('inputs', 'targets') else 0
     row = np.full((length,), fill, _DTYPES[key])
-    if key == 'segment_ids':
+    if key == 'segment_ids' and key not in ex:
       row[:n] = 1
-    else:
+    else:  # an offline-packed row already has its segment ids
       row[:n] = ex[key]
     out[key] = row
   return out

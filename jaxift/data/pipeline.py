@@ -41,6 +41,9 @@ def from_pretokenized(record: dict, cfg, where: str) -> dict[str, np.ndarray]:
         for k in PRETOKENIZED_KEYS}
   n = len(ex['inputs'])
   if 'segment_ids' in record:  # an offline-packed row
+    if cfg.batching != 'max_length':
+      raise ValueError(f"{where}: rows packed by tools/preprocess.py need data.batching="
+                       f"'max_length', not {cfg.batching!r}")
     ex['segment_ids'] = np.asarray(record['segment_ids'], np.int32)
     ex['positions'] = np.asarray(record['positions'], np.int32)
   else:
@@ -131,7 +134,7 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id
   length = cfg.max_seq_length
   if cfg.batching == 'max_length':
-    ds = ds.map(lambda ex: ex if 'segment_ids' in ex else batching.pad_example(ex, length, pad_id))
+    ds = ds.map(lambda ex: batching.pad_example(ex, length, pad_id))
     ds = ds.batch(batch_size)
   elif cfg.batching == 'bucket':
     ds = ds.batch(batch_size, batch_fn=batching.make_bucket_batch_fn(
