@@ -82,15 +82,19 @@ def count_letter(rng):
 
 def first_word(rng):
   p = _phrase(rng, 3, 5)
-  ins, inp = _pick(rng, ['What is the first word of the text?', 'Give the first word.'],
-                   ['What is the first word of: {x}', 'Give the first word of "{x}".'], p)
+  ins, inp = _pick(rng, ['What is the first word of the text?', 'Give the first word.',
+                         'Which word comes first in this phrase?'],
+                   ['What is the first word of: {x}', 'Give the first word of "{x}".',
+                    'Name the first word in: {x}'], p)
   return ins, inp, p.split()[0]
 
 
 def last_word(rng):
   p = _phrase(rng, 3, 5)
-  ins, inp = _pick(rng, ['What is the last word of the text?', 'Give the last word.'],
-                   ['What is the last word of: {x}', 'Give the last word of "{x}".'], p)
+  ins, inp = _pick(rng, ['What is the last word of the text?', 'Give the last word.',
+                         'Which word comes last in this phrase?'],
+                   ['What is the last word of: {x}', 'Give the last word of "{x}".',
+                    'Name the last word in: {x}'], p)
   return ins, inp, p.split()[-1]
 
 
