@@ -183,7 +183,7 @@ def resolve_checkpoint_step(workdir: str | pathlib.Path, step: str | int) -> int
   from etils import epath
   workdir = epath.Path(workdir)
   if not (workdir / "checkpoints").exists():
-    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/checkpoints/<step>/"
+    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/checkpoints/<step>/ "
                             "written by training)")
   checkpointer = checkpoint.Checkpointer(workdir, read_only=True, async_save=False)
   try:

@@ -61,3 +61,19 @@ def _jitted_forward(graphdef, state, tokens, positions, segments):
   if "_FORWARD" not in globals():
     _FORWARD = jax.jit(lambda g, s, t, p, seg: nnx.merge(g, s)(t, p, seg), static_argnums=0)
   return _FORWARD(graphdef, state, tokens, positions, segments)
+
+
+@pytest.fixture(scope="session")
+def tiny_workdir(tmp_path_factory, shared_data):
+  """A workdir trained for 4 steps by configs/tiny.py (GPT-2 tokenizer, synthetic tasks)."""
+  import importlib.util
+  import pathlib
+  from jaxift.train.trainer import train_and_evaluate
+  path = pathlib.Path(__file__).resolve().parents[2] / "configs" / "tiny.py"
+  spec = importlib.util.spec_from_file_location("tiny_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config(f"tokenizer={shared_data / 'gpt2'}")
+  workdir = tmp_path_factory.mktemp("tiny_run")
+  train_and_evaluate(config, str(workdir))
+  return workdir

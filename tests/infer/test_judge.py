@@ -1,61 +1,16 @@
 """The LLM judge against a real HTTP server on 127.0.0.1 that speaks Ollama and OpenAI."""
-import http.server
-import json
 import socket
-import threading
 
 import pytest
 
 from jaxift.infer import judge
-
-
-class _JudgeHandler(http.server.BaseHTTPRequestHandler):
-  # Class-level script, set by the fixture: answers to return in order, and failures to inject.
-  answers: list = []
-  fail_first: int = 0
-  requests: list = []
-
-  def log_message(self, *args):
-    pass
-
-  def do_POST(self):
-    body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-    cls = type(self)
-    cls.requests.append((self.path, body))
-    if cls.fail_first > 0:
-      cls.fail_first -= 1
-      self.send_response(503)
-      self.end_headers()
-      return
-    answer = cls.answers.pop(0)
-    if self.path == "/api/chat":
-      payload = {"model": body["model"], "message": {"role": "assistant", "content": answer},
-                 "done": True}
-    elif self.path == "/api/generate":
-      payload = {"model": body["model"], "response": answer, "done": True}
-    elif self.path == "/v1/chat/completions":
-      payload = {"choices": [{"index": 0, "message": {"role": "assistant", "content": answer}}]}
-    else:
-      self.send_response(404)
-      self.end_headers()
-      return
-    data = json.dumps(payload).encode()
-    self.send_response(200)
-    self.send_header("Content-Type", "application/json")
-    self.send_header("Content-Length", str(len(data)))
-    self.end_headers()
-    self.wfile.write(data)
+from tests.infer.judge_server import judge_server
 
 
 @pytest.fixture()
 def server():
-  _JudgeHandler.answers, _JudgeHandler.requests, _JudgeHandler.fail_first = [], [], 0
-  httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _JudgeHandler)
-  thread = threading.Thread(target=httpd.serve_forever, args=(0.05,), daemon=True)
-  thread.start()
-  yield f"http://127.0.0.1:{httpd.server_address[1]}", _JudgeHandler
-  httpd.shutdown()
-  httpd.server_close()
+  with judge_server() as running:
+    yield running
 
 
 ENTRIES = [
