@@ -17,10 +17,12 @@ import shutil
 import sys
 import tempfile
 
+import grain
+import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import batching, pipeline, sources  # noqa: E402  pylint: disable=wrong-import-position
+from jaxift.data import batching, pipeline, sources, tokenize  # noqa: E402  pylint: disable=wrong-import-position
 from jaxift.data.config import default_data_config  # noqa: E402  pylint: disable=wrong-import-position
 from jaxift.data.stats import DropStats  # noqa: E402  pylint: disable=wrong-import-position
 from jaxift.data.tokenizers import load_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
@@ -134,7 +136,7 @@ def preprocess(args) -> dict:
     records, invalid = sources.load_split(cfg, 'train')
     stats = DropStats()
     stats.update(invalid)
-    tokenize_fn = pipeline.TokenizeRecord(pipeline.ml_collections.FrozenConfigDict(cfg), tokenizer)
+    tokenize_fn = pipeline.TokenizeRecord(ml_collections.FrozenConfigDict(cfg), tokenizer)
     examples = []
     for element in records:
       ex = tokenize_fn.map(element)
@@ -145,8 +147,8 @@ def preprocess(args) -> dict:
         examples.append({k: ex[k] for k in ('inputs', 'targets', 'weights')})
     lengths = [len(e['inputs']) for e in examples]
     if args.pack_sequences:
-      pad_id = pipeline.tokenize.tokenizer_info(tokenizer).pad_id
-      ds = pipeline.grain.MapDataset.source(examples).to_iter_dataset()
+      pad_id = tokenize.tokenizer_info(tokenizer).pad_id
+      ds = grain.MapDataset.source(examples).to_iter_dataset()
       rows = list(batching.pack(ds, args.max_seq_length, 64, pad_id, seed=0))
       row_tokens = len(rows) * args.max_seq_length
     else:

@@ -2,7 +2,6 @@
 per-example shift to inputs/targets/weights/positions, before any padding or packing."""
 import dataclasses
 import functools
-from typing import Any
 
 import numpy as np
 
@@ -147,8 +146,8 @@ def prompt_tokens(record: dict, cfg, tokenizer) -> list[int]:
   text, earlier turns and the generation prompt. Generate from them and stop on `end_token_ids`."""
   conv = formats.to_conversation(record, cfg)
   pieces = conversation_pieces(conv, cfg, tokenizer)
-  last = max(i for i, p in enumerate(pieces) if p.trained and p.end is None or
-             p.end == templates.AUTO_END and p.trained)
+  last = max(i for i, p in enumerate(pieces)
+             if p.trained and p.end in (None, templates.AUTO_END))  # the last response's text
   tokens, _ = encode_pieces(pieces[:last], cfg, tokenizer)
   return tokens
 
@@ -174,6 +173,3 @@ def response_text(record: dict, cfg) -> str:
   conv = formats.to_conversation(record, cfg)
   return [t.text for t in conv.turns if t.trainable][-1]
 
-
-def describe(example: dict[str, Any]) -> str:
-  return f'{len(example["inputs"])} tokens, {int(np.sum(example["weights"]))} trained'
