@@ -65,9 +65,14 @@ def torch_logits(model, tokens: list[int]) -> np.ndarray:
 
 
 def jax_logits(model, tokens_BxT, positions_BxT, segments_BxT) -> np.ndarray:
-  import jax.numpy as jnp
-  return np.asarray(model(jnp.asarray(tokens_BxT), jnp.asarray(positions_BxT),
-                          jnp.asarray(segments_BxT)))
+  """Logits of a jitted forward (split/merge: one compile per shape, no eager op-by-op)."""
+  import jax
+  from flax import nnx
+  graphdef, state = nnx.split(model)
+  forward = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))
+  return np.asarray(forward(state, np.asarray(tokens_BxT, np.int32),
+                            np.asarray(positions_BxT, np.int32),
+                            np.asarray(segments_BxT, np.int32)))
 
 
 def random_examples(seed: int, lengths) -> list[list[int]]:

@@ -64,15 +64,15 @@ def test_logits_match_transformers_padded_and_packed(case, tiny_checkpoint):
 def test_mistral_window_is_applied(tiny_checkpoint):
   """The sliding window changes the logits past it (so the parity above really checks it)."""
   import dataclasses
-  import jax.numpy as jnp
   from flax import nnx
   from jaxift.model.decoder import Decoder
   directory, _ = tiny_checkpoint("mistral_window")
   model, cfg = load_model(directory)
-  unwindowed = Decoder(dataclasses.replace(cfg, sliding_window=None), rngs=nnx.Rngs(0))
-  nnx.update(unwindowed, nnx.state(model, nnx.Param))
+  abstract = nnx.eval_shape(lambda: Decoder(dataclasses.replace(cfg, sliding_window=None),
+                                            rngs=nnx.Rngs(0)))
+  unwindowed = nnx.merge(nnx.split(abstract)[0], nnx.state(model))  # same weights, no window
   ex = random_examples(3, (9,))[0]
-  args = (jnp.asarray([ex]), jnp.arange(9)[None], jnp.ones((1, 9), jnp.int32))
-  a, b = np.asarray(model(*args))[0], np.asarray(unwindowed(*args))[0]
+  args = (np.array([ex]), np.arange(9)[None], np.ones((1, 9), np.int32))
+  a, b = jax_logits(model, *args)[0], jax_logits(unwindowed, *args)[0]
   np.testing.assert_allclose(a[:4], b[:4], atol=1e-6)  # within the window: identical
   assert np.abs(a[4:] - b[4:]).max() > 1e-3
