@@ -5,6 +5,7 @@ HF `nn.Linear` weights are [out, in]; jaxift kernels are [in, ...out] with heads
 `c_attn` holds q, k and v side by side. Import and export both read this one table.
 """
 import dataclasses
+import functools
 from typing import Any, Callable
 
 import jax
@@ -128,6 +129,7 @@ def split_path(path: tuple, scan_layers: bool) -> tuple[Path, int | None]:
   return tuple(path[2:]), int(path[1])
 
 
+@functools.lru_cache(maxsize=None)  # one trace per rule and shape, not per layer
 def expected_hf_shape(rule: Rule, our_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The HF tensor shape this parameter implies (parts count the whole fused tensor)."""
   out = jax.eval_shape(rule.to_hf, jax.ShapeDtypeStruct(our_shape, np.float32)).shape
