@@ -51,21 +51,27 @@ class SafetensorsSource:
         with safe_open(str(file), framework="numpy") as f:
           self._file_of.update({name: file for name in f.keys()})
     self._handles: dict[pathlib.Path, Any] = {}
+    self._stored = {name: name for name in self._file_of}  # canonical name -> name in the file
+
+  def alias_prefix(self, prefix: str) -> None:
+    """Also answer to `prefix + name` (original GPT-2 files lack the `transformer.` prefix)."""
+    for name in list(self._stored):
+      self._stored.setdefault(prefix + name, name)
 
   def _open(self, name: str):
-    file = self._file_of[name]
+    file = self._file_of[self._stored[name]]
     if file not in self._handles:
       self._handles[file] = safe_open(str(file), framework="numpy")
     return self._handles[file]
 
   def keys(self) -> set[str]:
-    return set(self._file_of)
+    return set(self._stored)
 
   def shape(self, name: str) -> tuple[int, ...]:
-    return tuple(self._open(name).get_slice(name).get_shape())
+    return tuple(self._open(name).get_slice(self._stored[name]).get_shape())
 
   def get(self, name: str) -> np.ndarray:
-    return self._open(name).get_tensor(name)
+    return self._open(name).get_tensor(self._stored[name])
 
 
 def resolve_path(path: str) -> pathlib.Path:
@@ -95,7 +101,10 @@ def open_hf_dir(directory: pathlib.Path) -> tuple[ModelConfig, SafetensorsSource
   if not config_file.exists():
     raise FileNotFoundError(f"{directory} has no config.json (expected a Hugging Face model dir)")
   cfg = ModelConfig.from_json_file(config_file)
-  return cfg, SafetensorsSource(directory)
+  source = SafetensorsSource(directory)
+  if cfg.family == "gpt2":
+    source.alias_prefix("transformer.")
+  return cfg, source
 
 
 # ---- export ----------------------------------------------------------------------------------------

@@ -64,6 +64,21 @@ def test_random_init_export_with_tokenizer(gpt2_tokenizer, tmp_path):
   assert not (out / "tokenizer_config.json").exists()
 
 
+def test_gpt2_without_transformer_prefix(tiny_checkpoint, tmp_path):
+  """Original GPT-2 checkpoints (openai-community/gpt2) name tensors `h.0...`, `wte.weight`."""
+  from safetensors.numpy import load_file, save_file
+  src, torch_model = tiny_checkpoint("gpt2_tied")
+  d = tmp_path / "gpt2"
+  shutil.copytree(src, d)
+  tensors = load_file(d / "model.safetensors")
+  save_file({k.removeprefix("transformer."): v for k, v in tensors.items()},
+            d / "model.safetensors", metadata={"format": "pt"})
+  model, _ = load_model(d)
+  ex = random_examples(4, (6,))[0]
+  np.testing.assert_allclose(jax_logits(model, *_row(ex))[0], torch_logits(torch_model, ex),
+                             atol=1e-4)
+
+
 def _llama_cpp_permute(w, n_head):
   """llama.cpp convert_hf_to_gguf.py `permute` (the reference we must undo)."""
   return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:]).swapaxes(1, 2)
