@@ -98,7 +98,8 @@ class Mlp(nnx.Module):
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype, param_dtype):
     d, f = cfg.hidden_size, cfg.intermediate_size
-    self.cfg, self.dtype, self.act = cfg, dtype, L.activation(cfg.hidden_act)
+    self.cfg, self.dtype = cfg, dtype
+    L.activation(cfg.hidden_act)  # fail early on an unknown name
     self.gated = cfg.family != "gpt2"
     if self.gated:
       self.gate_kernel = L.param(rngs, (d, f), ("embed", "mlp"), param_dtype)
@@ -117,10 +118,11 @@ class Mlp(nnx.Module):
     return y
 
   def __call__(self, x_BxTxD):
+    act = L.activation(self.cfg.hidden_act)  # looked up here: the graphdef stays hashable/equal
     if self.gated:
-      h_BxTxF = self.act(self._dense(x_BxTxD, "gate")) * self._dense(x_BxTxD, "up")
+      h_BxTxF = act(self._dense(x_BxTxD, "gate")) * self._dense(x_BxTxD, "up")
     else:
-      h_BxTxF = self.act(self._dense(x_BxTxD, "up"))
+      h_BxTxF = act(self._dense(x_BxTxD, "up"))
     return self._dense(h_BxTxF, "down")
 
 

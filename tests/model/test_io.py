@@ -22,6 +22,7 @@ def _row(ex):
 
 @pytest.mark.parametrize("case,options,shard", [
     ("llama_bias_tied", {}, None),
+    ("llama3_rope_untied", {}, None),  # rope_scaling written so transformers reads it back
     ("qwen3", dict(scan_layers=True), None),
     ("gpt2_untied", {}, 20_000),  # sharded files + index
     ("mistral_window", dict(scan_layers=True), 20_000),
