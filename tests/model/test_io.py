@@ -3,7 +3,6 @@ llama.cpp writes it, and clear errors on bad input."""
 import json
 import shutil
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
