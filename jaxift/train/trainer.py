@@ -45,11 +45,13 @@ def optimizer_shardings(tx: optax.GradientTransformation, params: Any, param_sha
       transform_non_params=lambda _: replicated, is_leaf=lambda x: isinstance(x, optax.MaskedNode))
 
 
-def _count_epoch_batches(config, tokenizer, per_process: int) -> int:
+def _count_batches(config, tokenizer, per_process: int, num_epochs: int) -> int:
+  """Batches in `num_epochs` passes (batches run across epoch boundaries, so not epochs * one
+  pass). One dry pass of the pipeline: for very large data sets set train.num_steps instead."""
   from jaxift.data.pipeline import make_iterator  # pylint: disable=g-import-not-at-top
   it = make_iterator(config.data, tokenizer, split="train", batch_size=per_process,
                      shard_index=jax.process_index(), shard_count=jax.process_count(),
-                     seed=config.train.seed, num_epochs=1)
+                     seed=config.train.seed, num_epochs=num_epochs)
   count = sum(1 for _ in it)
   if jax.process_count() > 1:  # every process must run the same number of steps
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
@@ -107,7 +109,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     total_steps, num_epochs = int(config.train.num_steps), None
   elif config.train.num_epochs > 0:
     num_epochs = int(config.train.num_epochs)
-    total_steps = num_epochs * _count_epoch_batches(config, tokenizer, per_process)
+    total_steps = _count_batches(config, tokenizer, per_process, num_epochs)
   else:
     raise ValueError("set train.num_steps or train.num_epochs to a positive number")
 

@@ -67,3 +67,12 @@ def test_early_stopping_stops_when_validation_stops_improving(tiny_config, tmp_p
   results = train_and_evaluate(c, str(tmp_path))
   assert results["early_stopped"] and results["step"] == 3
   assert results["best_step"] == 1
+
+
+def test_epochs_mode_runs_whole_passes(tiny_config, tmp_path):
+  c = tiny_config(steps=0)
+  c.train.num_epochs = 2
+  c.data.synthetic.num_train = 9  # 2 x 9 records in rows of 4: 5 batches (not 2 x 3)
+  results = train_and_evaluate(c, str(tmp_path))
+  assert results["total_steps"] == 5 and results["step"] == 5
+  assert sorted(train_records(tmp_path)) == [1, 2, 3, 4, 5]
