@@ -1,0 +1,315 @@
+"""LoRA: low-rank adapters on the decoder's projections, trained while the base stays frozen.
+
+`apply_lora(model, config.lora)` adds to each projection whose parameter path matches
+`config.lora.target_regex` (searched in `layers/3/attn/q_kernel`, or `layers/attn/q_kernel` with
+`scan_layers`) two `LoRAParam`s, and the projection computes
+
+    y = x W + (alpha / rank) * dropout(x) A B            (PEFT's formulation, on the input path)
+
+  q/k/v: A [embed, rank]          B [rank, heads|kv_heads, head_dim]
+  o:     A [heads, head_dim, rank] B [rank, embed]
+  gate/up (down): A [embed (mlp), rank]  B [rank, mlp (embed)]
+
+A is uniform(+-1/sqrt(fan_in)) (PEFT's kaiming_uniform(a=sqrt(5))), B is zero: the model starts
+exactly equal to the base. Adapters carry logical axes (`lora_rank` plus the base weight's own
+names, `layers` first when stacked), so `jaxift.train.sharding` shards them like the base.
+`nnx.split(model, LoRAParam, ...)` separates the trainable adapters from the frozen rest.
+
+The adapter is computed on the input path (not by merging W + AB each step) so the backward pass
+never forms a full-size weight gradient; `merge_lora` folds the adapters in for export/serving.
+Dropout is active only inside `with dropout_rng(key):` (the trainer passes a per-step key);
+without it the forward is deterministic (evaluation, generation).
+"""
+import contextlib
+import contextvars
+import functools
+import math
+import re
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from flax import nnx
+
+from jaxift.model import attention as attention_lib
+from jaxift.model import decoder as decoder_lib
+from jaxift.model import layers as L
+from jaxift.train.sharding import DEFAULT_LOGICAL_RULES, named_sharding
+
+# projection -> (module attribute in a Block, number of leading input axes of its kernel)
+PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2),
+               "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
+DEFAULT_TARGET_REGEX = r"(attn/(q|k|v|o)_kernel|mlp/(gate|up|down)_kernel)$"
+_PROJECTION_IDS = {name: i for i, name in enumerate(PROJECTIONS)}
+_DROPOUT_KEY: contextvars.ContextVar = contextvars.ContextVar("lora_dropout_key", default=None)
+
+
+def default_lora_config() -> ml_collections.ConfigDict:
+  """`config.lora`: off by default."""
+  c = ml_collections.ConfigDict()
+  c.enabled = False
+  c.rank = 8
+  c.alpha = 16.0  # the adapter is scaled by alpha / rank (PEFT's lora_alpha)
+  c.dropout = 0.0  # on the adapter's input, during training only
+  c.target_regex = DEFAULT_TARGET_REGEX  # searched in parameter paths such as layers/0/attn/q_kernel
+  c.base_dtype = ""  # '' keeps the base in config.model.param_dtype; 'bfloat16' halves its memory
+  c.param_dtype = "float32"  # the adapters themselves
+  return c
+
+
+class LoRAParam(nnx.Param):
+  """A trainable LoRA adapter matrix (the only parameters the optimizer sees in LoRA training)."""
+
+
+class LoRALayerIndex(nnx.Variable):
+  """The layer number, so each layer draws its own dropout mask (stacked with `scan_layers`)."""
+
+
+@contextlib.contextmanager
+def dropout_rng(key: jax.Array | None) -> Iterator[None]:
+  """Enables LoRA dropout for forward passes traced inside the block, with this key."""
+  token = _DROPOUT_KEY.set(key)
+  try:
+    yield
+  finally:
+    _DROPOUT_KEY.reset(token)
+
+
+# ---- the adapter computation --------------------------------------------------------------------
+
+def _dropout(module, x: jax.Array, name: str) -> jax.Array:
+  key = _DROPOUT_KEY.get()
+  rate = module.lora_dropout
+  if key is None or rate <= 0.0:
+    return x
+  key = jax.random.fold_in(jax.random.fold_in(key, module.lora_layer[...]), _PROJECTION_IDS[name])
+  keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+  return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
+
+
+def _add_adapter(module, x: jax.Array, y: jax.Array, name: str) -> jax.Array:
+  """y + scale * dropout(x) A B for a targeted projection; y unchanged otherwise."""
+  if name not in module.lora_targets:
+    return y
+  a = getattr(module, f"{name}_lora_a")[...].astype(module.dtype)
+  b = getattr(module, f"{name}_lora_b")[...].astype(module.dtype)
+  h_BxTxR = jnp.tensordot(_dropout(module, x, name), a, axes=a.ndim - 1)
+  return y + module.lora_scale * jnp.tensordot(h_BxTxR, b, axes=1).astype(y.dtype)
+
+
+class LoRAAttention(decoder_lib.Attention):
+  """`Attention` with adapters on q/k/v (`_project`) and o (the output projection below)."""
+
+  def _project(self, x_BxTxD, name: str) -> jax.Array:
+    return _add_adapter(self, x_BxTxD, super()._project(x_BxTxD, name), name)
+
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+    if "o" not in self.lora_targets:
+      return super().__call__(x_BxTxD, rope, segment_ids_BxT, kv)
+    # The o adapter needs the attention output, which Attention.__call__ keeps to itself: this is
+    # its body with the adapter added after the output projection (kept in step with decoder.py;
+    # the PEFT logit-parity test covers o).
+    q_BxTxNxH = self._project(x_BxTxD, "q")
+    k_BxTxKxH = self._project(x_BxTxD, "k")
+    v_BxTxKxH = self._project(x_BxTxD, "v")
+    if self.cfg.qk_norm:
+      q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
+    if rope is not None:
+      q_BxTxNxH = L.apply_rope(q_BxTxNxH, *rope)
+      k_BxTxKxH = L.apply_rope(k_BxTxKxH, *rope)
+    if kv is None:
+      keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
+    else:
+      layer, index = kv["layer"], kv["cache_index"]
+      start = (layer, 0, index, 0, 0)
+      kv["k"] = jax.lax.dynamic_update_slice(kv["k"], k_BxTxKxH[None].astype(kv["k"].dtype), start)
+      kv["v"] = jax.lax.dynamic_update_slice(kv["v"], v_BxTxKxH[None].astype(kv["v"].dtype), start)
+      keys = jax.lax.dynamic_index_in_dim(kv["k"], layer, 0, keepdims=False).astype(self.dtype)
+      values = jax.lax.dynamic_index_in_dim(kv["v"], layer, 0, keepdims=False).astype(self.dtype)
+      kv_segments, offset = kv["segment_ids"], index
+    out_BxTxNxH = attention_lib.attention(
+        q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
+        kv_segment_ids_BxS=kv_segments, q_offset=offset,
+        sliding_window=self.cfg.sliding_window, impl=self.impl)
+    y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
+    if self.cfg.attention_out_bias:
+      y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)
+    return _add_adapter(self, out_BxTxNxH, y_BxTxD, "o")
+
+
+class LoRAMlp(decoder_lib.Mlp):
+  """`Mlp` with adapters on gate/up/down."""
+
+  def _dense(self, x, name: str):
+    return _add_adapter(self, x, super()._dense(x, name), name)
+
+
+_LORA_CLASSES = {decoder_lib.Attention: LoRAAttention, decoder_lib.Mlp: LoRAMlp}
+_BASE_CLASSES = {v: k for k, v in _LORA_CLASSES.items()}
+
+
+# ---- applying, inspecting and merging -------------------------------------------------------------
+
+def _blocks(model) -> list[tuple[int | None, Any]]:
+  """[(layer index or None for a stacked block, Block)]."""
+  if model.scan_layers:
+    return [(None, model.layers)]
+  return list(enumerate(model.layers))
+
+
+def _kernel_paths(model) -> list[str]:
+  paths = []
+  for layer, block in _blocks(model):
+    prefix = "layers/" if layer is None else f"layers/{layer}/"
+    for name, (part, _) in PROJECTIONS.items():
+      if hasattr(getattr(block, part), f"{name}_kernel"):
+        paths.append(f"{prefix}{part}/{name}_kernel")
+  return paths
+
+
+def has_lora(model) -> bool:
+  return any(isinstance(getattr(b, p), tuple(_BASE_CLASSES)) for _, b in _blocks(model)
+             for p in ("attn", "mlp"))
+
+
+def lora_settings(model) -> dict[str, Any]:
+  """rank, alpha, dropout and the targeted projections per layer ({layer: [names]})."""
+  out: dict[str, Any] = {"targets": {}}
+  for layer, block in _blocks(model):
+    for part in ("attn", "mlp"):
+      module = getattr(block, part)
+      if isinstance(module, tuple(_BASE_CLASSES)):
+        out.update(rank=module.lora_rank, alpha=module.lora_alpha, dropout=module.lora_dropout)
+        layers = range(model.cfg.num_hidden_layers) if layer is None else [layer]
+        for i in layers:
+          out["targets"].setdefault(i, []).extend(module.lora_targets)
+  return out
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_init(kind: str, shape: tuple, dtype, bound: float, sharding):
+  def init(key):
+    if kind == "uniform":
+      return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return jnp.zeros(shape, dtype)
+  return jax.jit(init, out_shardings=sharding)
+
+
+def _new_variable(cls, kind: str, key, shape, dtype, axes, mesh, rules, bound: float = 0.0):
+  """A variable born with its sharding (jit out_shardings) when a mesh is given."""
+  sharding = None if mesh is None else named_sharding(mesh, axes, rules, shape)
+  value = _jitted_init(kind, tuple(shape), jnp.dtype(dtype), float(bound), sharding)(key)
+  return cls(value, out_sharding=tuple(axes))
+
+
+def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> list[str]:
+  """Adds adapters to `model` (a `Decoder`, in place); returns the targeted parameter paths."""
+  rules = DEFAULT_LOGICAL_RULES if rules is None else rules
+  get = lora_config.get
+  rank, alpha = int(get("rank", 8)), float(get("alpha", 16.0))
+  dropout, regex = float(get("dropout", 0.0)), get("target_regex", DEFAULT_TARGET_REGEX)
+  if rank <= 0:
+    raise ValueError(f"config.lora.rank must be a positive integer, got {rank}")
+  if not 0.0 <= dropout < 1.0:
+    raise ValueError(f"config.lora.dropout must be in [0, 1), got {dropout}")
+  if has_lora(model):
+    raise ValueError("the model already has LoRA adapters")
+  try:
+    pattern = re.compile(regex)
+  except re.error as e:
+    raise ValueError(f"config.lora.target_regex={regex!r} is not a valid regex: {e}") from e
+  candidates = _kernel_paths(model)
+  chosen = [p for p in candidates if pattern.search(p)]
+  if not chosen:
+    raise ValueError(f"config.lora.target_regex={regex!r} matches no projection; parameter paths "
+                     f"are like {', '.join(candidates[:7])}")
+  adapter_dtype = jnp.dtype(get("param_dtype", "float32") or "float32")
+  base_key = jax.random.key(seed)
+  num_layers = model.cfg.num_hidden_layers
+
+  with nnx.use_eager_sharding(False):
+    for layer, block in _blocks(model):
+      prefix = "layers/" if layer is None else f"layers/{layer}/"
+      for part in ("attn", "mlp"):
+        module = getattr(block, part)
+        names = tuple(n for n, (p, _) in PROJECTIONS.items()
+                      if p == part and f"{prefix}{part}/{n}_kernel" in chosen)
+        if not names:
+          continue
+        module.__class__ = _LORA_CLASSES[type(module)]
+        module.lora_targets, module.lora_rank, module.lora_alpha = names, rank, alpha
+        module.lora_dropout, module.lora_scale = dropout, alpha / rank
+        if layer is None:  # stacked: one adapter per layer along a leading `layers` axis
+          stack, stack_axes = (num_layers,), ("layers",)
+          module.lora_layer = LoRALayerIndex(jnp.arange(num_layers, dtype=jnp.int32),
+                                             out_sharding=("layers",))
+        else:
+          stack, stack_axes = (), ()
+          module.lora_layer = LoRALayerIndex(jnp.asarray(layer, jnp.int32), out_sharding=())
+        for name in names:
+          kernel = getattr(module, f"{name}_kernel")
+          n_in = PROJECTIONS[name][1]
+          axes = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
+          shape, axes = tuple(kernel.shape)[len(stack):], axes[len(stack):]
+          in_shape, out_shape = shape[:n_in], shape[n_in:]
+          bound = 1.0 / math.sqrt(math.prod(in_shape))
+          key = jax.random.fold_in(jax.random.fold_in(base_key, num_layers if layer is None
+                                                      else layer), _PROJECTION_IDS[name])
+          setattr(module, f"{name}_lora_a", _new_variable(
+              LoRAParam, "uniform", key, stack + in_shape + (rank,), adapter_dtype,
+              stack_axes + axes[:n_in] + ("lora_rank",), mesh, rules, bound))
+          setattr(module, f"{name}_lora_b", _new_variable(
+              LoRAParam, "zeros", key, stack + (rank,) + out_shape, adapter_dtype,
+              stack_axes + ("lora_rank",) + axes[n_in:], mesh, rules))
+
+  base_dtype = get("base_dtype", "")
+  if base_dtype:
+    cast_base(model, base_dtype)
+  return chosen
+
+
+def cast_base(model, dtype) -> None:
+  """Stores every frozen (non-LoRA) parameter in `dtype` (e.g. bfloat16), keeping shardings."""
+  dtype = jnp.dtype(dtype)
+  for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    if not isinstance(var, LoRAParam) and var[...].dtype != dtype:
+      var.set_value(var[...].astype(dtype))
+
+
+def _delta(a: jax.Array, b: jax.Array, stacked: bool, scale: float) -> jax.Array:
+  """scale * A B in the kernel's layout, float32 ([L, ...] when stacked)."""
+  a, b = a.astype(jnp.float32), b.astype(jnp.float32)
+  product = lambda a_, b_: jnp.tensordot(a_, b_, axes=1)
+  return scale * (jax.vmap(product)(a, b) if stacked else product(a, b))
+
+
+def merge_lora(model, dtype=None):
+  """A plain `Decoder` with W + (alpha/rank) A B folded into each kernel (the input is untouched).
+
+  Merged kernels are computed in float32 and stored in `dtype` (default: the model's param_dtype).
+  """
+  graphdef, state = nnx.split(model)
+  merged = nnx.merge(graphdef, state)  # new module objects over the same arrays
+  dtype = jnp.dtype(dtype or merged.param_dtype)
+  for layer, block in _blocks(merged):
+    for part in ("attn", "mlp"):
+      module = getattr(block, part)
+      if not isinstance(module, tuple(_BASE_CLASSES)):
+        continue
+      for name in module.lora_targets:
+        kernel = getattr(module, f"{name}_kernel")
+        delta = _delta(getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...],
+                       layer is None, module.lora_scale)
+        kernel.set_value((kernel[...].astype(jnp.float32) + delta).astype(dtype))
+        delattr(module, f"{name}_lora_a")
+        delattr(module, f"{name}_lora_b")
+      for attr in ("lora_layer", "lora_targets", "lora_rank", "lora_alpha", "lora_dropout",
+                   "lora_scale"):
+        delattr(module, attr)
+      module.__class__ = _BASE_CLASSES[type(module)]
+  return merged
+
+
+def count_params(state) -> int:
+  return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(state))
