@@ -52,7 +52,7 @@ def main(argv):
   model_config.path, model_config.dtype, model_config.scan_layers = str(gguf), "float32", _SCAN.value
   jax_model, _ = build_model(model_config)
   hf_model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name,
-                                                  torch_dtype=torch.float32).eval()
+                                                  dtype=torch.float32).eval()
   text = tokenizer.apply_chat_template(
       [{"role": "user", "content": "Write a short story about a robot who learns to paint."}],
       tokenize=False, add_generation_prompt=True)
@@ -77,7 +77,9 @@ def main(argv):
       hf_out[:] = out[:, len(prompt):].tolist()
 
     t_jax = _median_time(run_jax, _REPEATS.value)
+    print(f"batch {batch}: jaxift {batch * n / t_jax:.1f} tok/s", file=sys.stderr, flush=True)
     t_hf = _median_time(run_hf, _REPEATS.value)
+    print(f"batch {batch}: transformers {batch * n / t_hf:.1f} tok/s", file=sys.stderr, flush=True)
     same = sum(a == b for a, b in zip(jax_out, hf_out))
     rows.append({"batch": batch, "prompt_tokens": len(prompt), "new_tokens": n,
                  "jaxift_tok_s": batch * n / t_jax, "transformers_tok_s": batch * n / t_hf,

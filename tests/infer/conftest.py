@@ -33,7 +33,7 @@ def smollm2_torch(smollm2_gguf):
   torch.set_num_threads(2)
   model = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent),
                                                gguf_file=smollm2_gguf.name,
-                                               torch_dtype=torch.float32)
+                                               dtype=torch.float32)
   return model.eval()
 
 
