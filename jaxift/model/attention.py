@@ -1,29 +1,72 @@
-"""Dot-product attention behind one function, so faster kernels can be added by `impl` name.
+"""Dot-product attention behind one function; the kernel is chosen by `impl` name.
 
 The mask is the batch contract's: a query at slot `q_offset + t` sees key slot `s` iff `s <= q slot`,
 both carry the same non-zero segment id, and (sliding window) `q slot - s < sliding_window`.
 Slots are row indices: positions inside a packed row or a left-padded KV cache, both contiguous per
 segment, so slot differences equal position differences within a segment.
+
+Kernels (`attention_kernels.py` holds the fused ones):
+  xla     the reference below, every backend.
+  cudnn   cuDNN flash attention via `jax.nn.dot_product_attention` (NVIDIA GPUs, bf16/fp16).
+  splash  the Pallas splash-attention kernel with segment ids (TPUs).
+  auto    per call: splash on TPU, cudnn on GPU, xla elsewhere; when the chosen kernel cannot take
+          a call (dtype, shape, cached decoding) it falls back to xla with one log line.
+An explicitly named kernel that the backend lacks is an error at model construction; one that
+cannot take a call's dtype/shape is an error at trace time, except cached decoding, which always
+uses xla (the fused kernels here are for training and full forwards).
 """
+import logging
+
 import jax
 import jax.numpy as jnp
 
+from jaxift.model import attention_kernels as kernels
+
+log = logging.getLogger(__name__)
+
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
-_IMPLEMENTED = ("xla",)
+_NEEDS = {"cudnn": "an NVIDIA GPU with cuDNN", "splash": "a TPU"}
 _MASKED = -0.7 * float(jnp.finfo(jnp.float32).max)  # finite: fully masked rows stay NaN-free
 
 
 def resolve_impl(name: str) -> str:
-  """'auto' -> the best implemented kernel for the backend ('xla' everywhere for now)."""
+  """Checks `name` against this backend: 'auto' stays 'auto' (chosen per call, see `choose`)."""
   if name not in IMPLEMENTATIONS:
     raise ValueError(f"attention {name!r} is unknown; choose one of {', '.join(IMPLEMENTATIONS)}")
-  if name == "auto":
-    return "xla"
-  if name not in _IMPLEMENTED:
+  if name in _NEEDS and not kernels.available(name):
     raise NotImplementedError(
-        f"attention kernel {name!r} is not available in this jaxift build (implemented: "
-        f"{', '.join(_IMPLEMENTED)}); set config.model.attention='auto' or 'xla'")
+        f"attention kernel {name!r} is not available on this backend "
+        f"({kernels.backend_name()}): it needs {_NEEDS[name]}; "
+        "set config.model.attention='auto' or 'xla'")
   return name
+
+
+def auto_kernel() -> str:
+  """The kernel 'auto' prefers on this backend."""
+  if kernels.splash_available() and kernels.backend_name() == "tpu":
+    return "splash"
+  if kernels.cudnn_available():
+    return "cudnn"
+  return "xla"
+
+
+def choose(impl: str, q_BxTxNxH, k_BxSxKxH, q_offset) -> str:
+  """The kernel that runs this call (trace time): explicit kernels raise, 'auto' falls back."""
+  impl = resolve_impl(impl)
+  explicit = impl != "auto"
+  name = impl if explicit else auto_kernel()
+  if name == "xla":
+    return name
+  reason = kernels.unsupported_reason(name, q_BxTxNxH, k_BxSxKxH, q_offset)
+  if reason is None:
+    return name
+  decoding = not (isinstance(q_offset, int) and q_offset == 0) or (
+      q_BxTxNxH.shape[1] != k_BxSxKxH.shape[1])
+  if explicit and not decoding:
+    raise ValueError(f"attention kernel {name!r} cannot run this call: {reason}; "
+                     "set config.model.attention='auto' to fall back to xla")
+  kernels.warn_once(f"{name}:{reason}", f"attention: {name} -> xla: {reason}")
+  return "xla"
 
 
 def attention_mask(q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset,
@@ -45,7 +88,27 @@ def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, 
               q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
               sliding_window: int | None = None, impl: str = "xla") -> jax.Array:
   """Grouped-query attention; returns [B, T, N, H] in the dtype of q. Softmax in float32."""
-  impl = resolve_impl(impl)
+  name = choose(impl, q_BxTxNxH, k_BxSxKxH, q_offset)
+  if name == "splash":
+    return kernels.splash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+                                    segment_ids_BxT=q_segment_ids_BxT,
+                                    sliding_window=sliding_window)
+  if name == "cudnn":
+    def xla_fallback(q, k, v):
+      return xla_attention(q, k, v, q_segment_ids_BxT=q_segment_ids_BxT,
+                           kv_segment_ids_BxS=kv_segment_ids_BxS, sliding_window=sliding_window)
+    return kernels.cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
+                                   segment_ids_BxT=q_segment_ids_BxT,
+                                   sliding_window=sliding_window, xla_fallback=xla_fallback)
+  return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids_BxT=q_segment_ids_BxT,
+                       kv_segment_ids_BxS=kv_segment_ids_BxS, q_offset=q_offset,
+                       sliding_window=sliding_window)
+
+
+def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, *,
+                  q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
+                  sliding_window: int | None = None) -> jax.Array:
+  """The reference kernel: explicit [B, K, G, T, S] scores, any backend, any shape."""
   b, t, n, h = q_BxTxNxH.shape
   k_heads = k_BxSxKxH.shape[2]
   g = n // k_heads  # query heads per kv head: query head n uses kv head n // g (HF's repeat_kv)
