@@ -6,7 +6,7 @@ import grain
 import numpy as np
 
 KEYS = ('inputs', 'targets', 'weights', 'segment_ids', 'positions')
-_DTYPES = {'inputs': np.int32, 'targets': np.int32, 'weights': np.float32,
+DTYPES = {'inputs': np.int32, 'targets': np.int32, 'weights': np.float32,
            'segment_ids': np.int32, 'positions': np.int32}
 
 
@@ -15,7 +15,7 @@ def pad_example(ex: dict[str, np.ndarray], length: int, pad_id: int) -> dict[str
   out = {}
   for key in KEYS:
     fill = pad_id if key in ('inputs', 'targets') else 0
-    row = np.full((length,), fill, _DTYPES[key])
+    row = np.full((length,), fill, DTYPES[key])
     if key == 'segment_ids' and key not in ex:
       row[:n] = 1
     else:  # an offline-packed row already has its segment ids

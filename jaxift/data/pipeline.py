@@ -98,6 +98,46 @@ class DataIterator(grain.DatasetIterator):
       pass
 
 
+class _FixedCountIterator(grain.DatasetIterator):
+  """Yields exactly `count` batches: the parent's, then all-zero batches. Every process of a
+  multi-process evaluation pass then runs the same number of steps, whatever its shard dropped."""
+
+  def __init__(self, parent: grain.DatasetIterator, count: int, zero: dict[str, np.ndarray]):
+    super().__init__(parent)
+    self._count, self._zero = count, zero
+    self._emitted, self._exhausted = 0, False
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    if self._emitted >= self._count:
+      raise StopIteration
+    batch = None
+    if not self._exhausted:
+      try:
+        batch = next(self._parent)
+      except StopIteration:
+        self._exhausted = True
+    self._emitted += 1
+    return batch if batch is not None else {k: v.copy() for k, v in self._zero.items()}
+
+  def get_state(self):
+    return {'parent': self._parent.get_state(), 'emitted': self._emitted,
+            'exhausted': self._exhausted}
+
+  def set_state(self, state) -> None:
+    self._parent.set_state(state['parent'])
+    self._emitted, self._exhausted = state['emitted'], state['exhausted']
+
+
+class _FixedCount(grain.IterDataset):
+
+  def __init__(self, parent: grain.IterDataset, count: int, zero: dict[str, np.ndarray]):
+    super().__init__(parent)
+    self._count, self._zero = count, zero
+
+  def __iter__(self) -> _FixedCountIterator:
+    return _FixedCountIterator(self._parent.__iter__(), self._count, self._zero)
+
+
 class _WithStats(grain.IterDataset):
 
   def __init__(self, parent: grain.IterDataset, stats: DropStats):
@@ -146,6 +186,13 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
     raise ValueError(f"data.batching={cfg.batching!r}; expected 'max_length', 'bucket' or "
                      "'packing'")
   ds = ds.map(lambda b: batching.fill_batch(b, batch_size))
+  if num_epochs is not None and shard_count > 1:
+    # Each example fills at most one row, so no shard makes more batches than this bound.
+    rows = -(-len(records) // shard_count) * num_epochs
+    width = batching.bucket_lengths(cfg)[0] if cfg.batching == 'bucket' else length
+    zero = batching.fill_batch({k: np.zeros((0, width), batching.DTYPES[k])
+                                for k in batching.KEYS}, batch_size)
+    ds = _FixedCount(ds, -(-rows // batch_size), zero)
   if cfg.prefetch_buffer_size > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=cfg.prefetch_buffer_size)

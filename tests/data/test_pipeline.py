@@ -189,3 +189,31 @@ def test_all_dropped_fails_instead_of_spinning(pcfg, gpt2_tokenizer):
   pcfg.max_seq_length = 8  # every example is too long
   with pytest.raises(ValueError, match='every example in a full pass was dropped'):
     next(_iterator(pcfg, gpt2_tokenizer))
+
+
+@pytest.mark.parametrize('batching', ['bucket', 'packing'])
+def test_multi_process_eval_passes_have_equal_batch_counts(pcfg, gpt2_tokenizer, tmp_path,
+                                                           batching):
+  # 25 records over 2 shards (13 + 12), one of shard 0's too long: every process must still run
+  # the same number of evaluation steps, or collectives would hang.
+  path = tmp_path / 'odd.jsonl'
+  rows = RECORDS + [{'instruction': 'long ' * 200, 'input': '', 'output': 'y'}]
+  path.write_text('\n'.join(json.dumps(r) for r in rows))
+  pcfg.train_files, pcfg.shuffle, pcfg.batching = str(path), False, batching
+  counts, kept = [], 0
+  for shard in range(2):
+    it = _iterator(pcfg, gpt2_tokenizer, num_epochs=1, shard=(shard, 2))
+    batches = list(it)
+    counts.append(len(batches))
+    kept += it.stats.kept
+    assert it.stats.dropped == ({'too_long': 1} if shard == 0 else {})
+    assert len({b['inputs'].shape for b in batches}) == 1 or batching == 'bucket'
+    assert all(b['weights'].shape[0] == 4 for b in batches)
+  assert counts == [4, 4] and kept == 24  # ceil(13 / 4) batches on every process
+  it = _iterator(pcfg, gpt2_tokenizer, num_epochs=1, shard=(0, 2))
+  head = [next(it) for _ in range(2)]
+  state = it.get_state()
+  tail = list(it)
+  restored = _iterator(pcfg, gpt2_tokenizer, num_epochs=1, shard=(0, 2))
+  restored.set_state(state)
+  assert len(head + tail) == 4 and _same(tail, list(restored)) and len(tail) == 2
