@@ -186,8 +186,9 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
     raise ValueError(f"data.batching={cfg.batching!r}; expected 'max_length', 'bucket' or "
                      "'packing'")
   ds = ds.map(lambda b: batching.fill_batch(b, batch_size))
-  if num_epochs is not None and shard_count > 1:
-    # Each example fills at most one row, so no shard makes more batches than this bound.
+  if num_epochs is not None and shard_count > 1 and split != 'train':
+    # Evaluation passes: each example fills at most one row, so no shard makes more batches than
+    # this bound. (Training counts its steps itself and takes the minimum over processes.)
     rows = -(-len(records) // shard_count) * num_epochs
     width = batching.bucket_lengths(cfg)[0] if cfg.batching == 'bucket' else length
     zero = batching.fill_batch({k: np.zeros((0, width), batching.DTYPES[k])

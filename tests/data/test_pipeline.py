@@ -199,7 +199,11 @@ def test_multi_process_eval_passes_have_equal_batch_counts(pcfg, gpt2_tokenizer,
   path = tmp_path / 'odd.jsonl'
   rows = RECORDS + [{'instruction': 'long ' * 200, 'input': '', 'output': 'y'}]
   path.write_text('\n'.join(json.dumps(r) for r in rows))
-  pcfg.train_files, pcfg.shuffle, pcfg.batching = str(path), False, batching
+  pcfg.train_files, pcfg.validation_files, pcfg.batching = str(path), str(path), batching
+
+  def _iterator(cfg, tok, num_epochs, shard):
+    return pipeline.make_iterator(cfg, tok, split='validation', batch_size=4, shard_index=shard[0],
+                                  shard_count=shard[1], seed=0, num_epochs=num_epochs)
   counts, kept = [], 0
   for shard in range(2):
     it = _iterator(pcfg, gpt2_tokenizer, num_epochs=1, shard=(shard, 2))
