@@ -289,8 +289,7 @@ def merge_lora(model, dtype=None):
 
   Merged kernels are computed in float32 and stored in `dtype` (default: the model's param_dtype).
   """
-  graphdef, state = nnx.split(model)
-  merged = nnx.merge(graphdef, state)  # new module objects over the same arrays
+  merged = nnx.clone(model)  # new modules and variables (over the same arrays): model untouched
   dtype = jnp.dtype(dtype or merged.param_dtype)
   for layer, block in _blocks(merged):
     for part in ("attn", "mlp"):
