@@ -61,9 +61,8 @@ def test_target_regex_selects_projections_and_layers(base_checkpoint):
     lora.apply_lora(fresh, lora_config(rank=0))
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_only_adapters_receive_updates(base_checkpoint, scan_layers):
-  model, _ = load_model(base_checkpoint("llama"), scan_layers=scan_layers)
+def test_only_adapters_receive_updates(base_checkpoint):
+  model, _ = load_model(base_checkpoint("llama"), scan_layers=True)
   lora.apply_lora(model, lora_config(dropout=0.1))
   graphdef, adapters, rest = nnx.split(model, lora.LoRAParam, ...)
   base_before = jax.tree.map(np.asarray, nnx.state(model, nnx.All(nnx.Param, nnx.Not(lora.LoRAParam))))
@@ -119,14 +118,6 @@ def test_dropout_only_with_a_key(base_checkpoint):
   np.testing.assert_allclose(no_key, plain, atol=1e-6)
   np.testing.assert_array_equal(a1, a2)
   assert np.abs(a1 - plain).max() > 1e-3 and np.abs(a1 - b).max() > 1e-3
-  # Dropout 0: a key changes nothing.
-  model0, _ = load_model(base_checkpoint("llama"), scan_layers=True)
-  lora.apply_lora(model0, lora_config(dropout=0.0))
-  randomize_adapters(model0, seed=1)
-  g0, s0 = nnx.split(model0)
-  with lora.dropout_rng(jax.random.key(1)):
-    out0 = np.asarray(nnx.merge(g0, s0)(tokens, positions, jnp.ones_like(tokens)))
-  np.testing.assert_allclose(out0, jax_logits(model0), atol=1e-5)
 
 
 def test_bfloat16_base_keeps_float32_adapters(base_checkpoint):
