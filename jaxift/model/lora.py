@@ -312,3 +312,16 @@ def merge_lora(model, dtype=None):
 
 def count_params(state) -> int:
   return sum(int(math.prod(x.shape)) for x in jax.tree.leaves(state))
+
+
+def state_bytes(state) -> int:
+  return sum(int(math.prod(x.shape)) * jnp.dtype(x.dtype).itemsize for x in jax.tree.leaves(state))
+
+
+def abstract_lora_model(cfg, lora_config, **options):
+  """The LoRA model as shapes only (`nnx.eval_shape`): sizes of a 70B run without its weights."""
+  def build():
+    model = decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0), **options)
+    apply_lora(model, lora_config)
+    return model
+  return nnx.eval_shape(build)

@@ -1,4 +1,5 @@
-"""Export of a LoRA model: a merged Hugging Face directory, or a PEFT adapter directory.
+"""Export of a LoRA model: a merged Hugging Face directory, or a PEFT adapter directory; and
+`load_peft`, which puts a PEFT adapter (trained in PyTorch, or exported here) onto a jaxift model.
 
 (1) `export_merged`: W + (alpha/rank) B A folded into each kernel, written by `hf.export_hf`; loads
     with `transformers.AutoModelForCausalLM.from_pretrained(dir)`.
@@ -112,3 +113,72 @@ def export_peft(model, cfg: ModelConfig, out_dir, *, base_model_name_or_path: st
     if tmp is not None and tmp.exists():
       shutil.rmtree(tmp, ignore_errors=True)
   return out_dir
+
+
+# ---- import: a PEFT adapter directory onto a jaxift model --------------------------------------------
+
+_PEFT_KEY = re.compile(r"^(?:base_model\.model\.)?model\.layers\.(\d+)\.(self_attn|mlp)\."
+                       r"(q|k|v|o|gate|up|down)_proj\.lora_(A|B)(?:\.default)?\.weight$")
+_UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False, "bias": "none",
+                "modules_to_save": None, "rank_pattern": {}, "alpha_pattern": {}}
+
+
+def load_peft(model, cfg: ModelConfig, adapter_dir, *, mesh=None, rules=None) -> list[str]:
+  """Adds the adapters of a PEFT LoRA directory to `model` (in place); returns the target paths."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  adapter_dir = pathlib.Path(adapter_dir)
+  config_file, weights_file = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
+  for f in (config_file, weights_file):
+    if not f.exists():
+      raise FileNotFoundError(f"{adapter_dir}: no {f.name} (expected a PEFT LoRA adapter directory)")
+  config = json.loads(config_file.read_text())
+  if config.get("peft_type") != "LORA":
+    raise ValueError(f"{config_file}: peft_type {config.get('peft_type')!r}, expected 'LORA'")
+  for key, plain in _UNSUPPORTED.items():
+    if config.get(key) is not None and config[key] != plain:
+      raise ValueError(f"{config_file}: {key}={config[key]!r} is not supported (only {plain!r})")
+  if cfg.family != "llama":
+    raise ValueError(f"PEFT adapters load onto the Llama-layout families, not {cfg.model_type!r}")
+  tensors: dict[tuple[int, str], dict[str, np.ndarray]] = {}
+  for key, value in load_file(str(weights_file)).items():
+    m = _PEFT_KEY.match(key)
+    if m is None:
+      raise ValueError(f"{weights_file}: tensor {key!r} is not a LoRA A/B weight of a Llama-layout "
+                       f"projection")
+    tensors.setdefault((int(m.group(1)), m.group(3)), {})[m.group(4)] = value
+  per_layer: dict[int, set[str]] = {}
+  for layer, name in tensors:
+    per_layer.setdefault(layer, set()).add(name)
+  if model.scan_layers:
+    names = set.union(*per_layer.values())
+    if sorted(per_layer) != list(range(cfg.num_hidden_layers)) or any(
+        v != names for v in per_layer.values()):
+      raise ValueError(f"{weights_file}: adapters differ between layers; load with "
+                       f"scan_layers=False")
+    regex = rf"layers/(attn|mlp)/({'|'.join(sorted(names))})_kernel$"
+  else:
+    regex = "|".join(rf"^layers/{i}/(attn|mlp)/({'|'.join(sorted(ns))})_kernel$"
+                     for i, ns in sorted(per_layer.items()))
+  lora_config = ml_collections.ConfigDict(dict(
+      rank=int(config["r"]), alpha=float(config["lora_alpha"]),
+      dropout=float(config.get("lora_dropout", 0.0)), target_regex=regex))
+  paths = lora.apply_lora(model, lora_config, mesh=mesh, rules=rules)
+  for layer, block in lora._blocks(model):  # pylint: disable=protected-access
+    for part in ("attn", "mlp"):
+      module = getattr(block, part)
+      for name in getattr(module, "lora_targets", ()):
+        for which, var in (("A", getattr(module, f"{name}_lora_a")),
+                           ("B", getattr(module, f"{name}_lora_b"))):
+          layers = range(cfg.num_hidden_layers) if layer is None else [layer]
+          pieces = []
+          for i in layers:
+            w = tensors[(i, name)].get(which)
+            if w is None:
+              raise KeyError(f"{weights_file}: layer {i} {name}_proj has no lora_{which}")
+            shape = var.shape[1:] if layer is None else var.shape
+            # lora_A [r, in] -> [in..., r]; lora_B [out, r] -> [r, out...]
+            pieces.append(np.asarray(w, np.float32).T.reshape(shape))
+          value = np.stack(pieces) if layer is None else pieces[0]
+          var.set_value(jax.device_put(value.astype(var[...].dtype), var[...].sharding))
+  return paths

@@ -89,3 +89,26 @@ def test_gpt2_refuses_peft_export(tmp_path):
   with pytest.raises(ValueError, match="not 'gpt2'; use export_merged"):
     peft_export.export_peft(model, cfg, tmp_path / "adapter")
   assert not (tmp_path / "adapter").exists()
+
+
+def test_load_peft_adapter_trained_in_pytorch(base_checkpoint, tmp_path):
+  """An adapter made by peft itself (random, non-zero B) loads onto jaxift with PEFT's logits;
+  exporting it again gives back the same tensors."""
+  import peft
+  import torch
+  directory = base_checkpoint("llama")
+  torch.manual_seed(5)
+  reference = peft.get_peft_model(_torch_base(directory), peft.LoraConfig(
+      r=4, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+      init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+  reference.save_pretrained(tmp_path / "peft")
+  model, cfg = load_model(directory, scan_layers=True)
+  assert peft_export.load_peft(model, cfg, tmp_path / "peft") == [
+      "layers/attn/q_kernel", "layers/attn/v_kernel", "layers/mlp/down_kernel"]
+  np.testing.assert_allclose(jax_logits(model), torch_logits(reference), atol=ATOL, rtol=0)
+  peft_export.export_peft(model, cfg, tmp_path / "again")
+  theirs = load_file(tmp_path / "peft" / "adapter_model.safetensors")
+  ours = load_file(tmp_path / "again" / "adapter_model.safetensors")
+  assert sorted(ours) == sorted(theirs)
+  for k in theirs:
+    np.testing.assert_array_equal(ours[k], theirs[k])
