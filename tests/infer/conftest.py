@@ -30,7 +30,7 @@ def smollm2_jax(smollm2_gguf):
 def smollm2_torch(smollm2_gguf):
   import torch
   from transformers import AutoModelForCausalLM
-  torch.set_num_threads(2)
+  torch.set_num_threads(1)  # on a shared 2-core machine, 2 torch threads thrash (10x slower)
   model = AutoModelForCausalLM.from_pretrained(str(smollm2_gguf.parent),
                                                gguf_file=smollm2_gguf.name,
                                                dtype=torch.float32)
