@@ -43,9 +43,16 @@ def _param_count(config) -> int:
   return h.num_hidden_layers * per_layer + v * d + d  # tied embedding, final norm
 
 
-def test_exact_state_bytes_and_growth_with_batch(tool):
-  small, large = tool.estimate(_config(2)), tool.estimate(_config(8))
-  assert small["params_bytes_per_device"] == 4 * _param_count(_config(2))
+@pytest.fixture(scope="module")
+def estimates(tool):
+  """Three compiles of a 6-layer scanned tiny model: batch 2 and 8 without remat, 8 with full."""
+  return {(batch, remat): tool.estimate(_config(batch, layers=6, remat=remat))
+          for batch, remat in ((2, "none"), (8, "none"), (8, "full"))}
+
+
+def test_exact_state_bytes_and_growth_with_batch(estimates):
+  small, large = estimates[(2, "none")], estimates[(8, "none")]
+  assert small["params_bytes_per_device"] == 4 * _param_count(_config(2, layers=6))
   assert 2 * small["params_bytes_per_device"] <= small["opt_state_bytes_per_device"] <= (
       2 * small["params_bytes_per_device"] + 1024)
   assert small["batch_bytes_per_device"] == 5 * 4 * 2 * 64
@@ -57,9 +64,8 @@ def test_exact_state_bytes_and_growth_with_batch(tool):
   assert large["peak_bytes_per_device"] > small["peak_bytes_per_device"]
 
 
-def test_full_remat_reduces_temporaries_of_a_deeper_model(tool):
-  plain = tool.estimate(_config(8, layers=6, remat="none"))
-  remat = tool.estimate(_config(8, layers=6, remat="full"))
+def test_full_remat_reduces_temporaries_of_a_deeper_model(estimates):
+  plain, remat = estimates[(8, "none")], estimates[(8, "full")]
   assert remat["params_bytes_per_device"] == plain["params_bytes_per_device"]
   assert remat["temp_bytes"] < plain["temp_bytes"]
 
