@@ -79,12 +79,14 @@ def _is_right_padded(segment_ids_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
 
 
 def cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, segment_ids_BxT, sliding_window,
-                    xla_fallback) -> jax.Array:
+                    xla_fallback, implementation: str = "cudnn") -> jax.Array:
   """cuDNN flash attention for causal, right-padded rows (one segment each).
 
   `jax.nn.dot_product_attention` (JAX 0.10) takes sequence lengths but no segment ids, so a batch
   with several segments in a row (packing) takes `xla_fallback`, chosen at run time by `lax.cond`
   (the batch decides; both branches are compiled), with one logged warning.
+  `implementation='xla'` runs JAX's own XLA version of the same call: how the CPU tests check the
+  arguments built here (lengths, window, padding) without a GPU.
   """
   window = None if sliding_window is None else (sliding_window - 1, 0)
   padded_only, lengths_B = _is_right_padded(segment_ids_BxT)
@@ -92,7 +94,7 @@ def cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, segment_ids_BxT, sliding
   def fused(q, k, v):
     out = jax.nn.dot_product_attention(
         q, k, v, is_causal=True, query_seq_lengths=lengths_B, key_value_seq_lengths=lengths_B,
-        local_window_size=window, implementation="cudnn")
+        local_window_size=window, implementation=implementation)
     return jnp.where((segment_ids_BxT != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
   warn_once("cudnn_segments",

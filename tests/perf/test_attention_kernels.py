@@ -145,3 +145,22 @@ def test_cudnn_refuses_float32_with_a_clear_reason():
   reason = kernels.unsupported_reason("cudnn", q, q[:, :, :2], 0)
   assert "bfloat16" in reason and "float32" in reason
   assert kernels.unsupported_reason("cudnn", q.astype(jnp.bfloat16), q[:, :, :2], 0) is None
+
+
+@pytest.mark.parametrize("packed", [False, True])
+@pytest.mark.parametrize("window", [None, 40])
+def test_cudnn_call_arguments_through_jax_xla_implementation(qkv, packed, window):
+  """The cudnn path's call (seq lengths, causal, window, zeroed padding, the packed fallback) run
+  by jax.nn.dot_product_attention's XLA implementation: the same arguments cuDNN gets on a GPU."""
+  q, k, v, seg = qkv(t=64, h=16)
+  if not packed:
+    seg = jnp.where(seg > 0, 1, 0)
+
+  def xla_fallback(q, k, v):
+    return 2.0 * _reference(q, k, v, seg, window)  # marks which branch ran
+
+  out = jax.jit(lambda q, k, v: kernels.cudnn_attention(
+      q, k, v, segment_ids_BxT=seg, sliding_window=window, xla_fallback=xla_fallback,
+      implementation="xla"))(q, k, v)
+  want = _dense_reference(q, k, v, seg, window)
+  np.testing.assert_allclose(out, 2.0 * want if packed else want, atol=2e-5)
