@@ -15,9 +15,9 @@ import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import pipeline  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.config import default_data_config  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
+from jaxift.data import pipeline  # noqa: E402
+from jaxift.data.config import default_data_config  # noqa: E402
+from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
 
 def _config(args, batching: str, workers: int):

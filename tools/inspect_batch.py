@@ -4,7 +4,8 @@ highlighted (green in a terminal; --html FILE for a browser) and each batch's pa
   python tools/inspect_batch.py --tokenizer=../shared/data/gpt2 \
       --data.train_files=../shared/data/instruction-data.json --data.batching=packing \
       --batch_size=4 --num_batches=2 --html=/tmp/batch.html
-  python tools/inspect_batch.py --tokenizer=PATH.gguf --data.source=synthetic --data.template=tokenizer
+  python tools/inspect_batch.py --tokenizer=PATH.gguf --data.source=synthetic \
+      --data.template=tokenizer
 """
 import html
 import pathlib
@@ -16,9 +17,9 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import pipeline  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.config import default_data_config  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
+from jaxift.data import pipeline  # noqa: E402
+from jaxift.data.config import default_data_config  # noqa: E402
+from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
 _DATA = config_flags.DEFINE_config_dict('data', default_data_config(), lock_config=True)
 _TOKENIZER = flags.DEFINE_string('tokenizer', None, 'HF dir, .gguf, or GPT-2 files folder',

@@ -1,4 +1,4 @@
-"""Offline preprocessing: instruction data -> tokenized, masked ArrayRecord files + data_params.json.
+"""Offline preprocessing: instruction data -> tokenized, masked ArrayRecord + data_params.json.
 
 Accepts the flags of Cerebras' fine-tuning preprocessing (--input_dir, --max_seq_length, --ftfy,
 --sep_token, --prompt_key, --completion_key, --pack_sequences, --encoder_file/--vocab_file or
@@ -22,10 +22,10 @@ import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import batching, pipeline, sources, tokenize  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.config import default_data_config  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.stats import DropStats  # noqa: E402  pylint: disable=wrong-import-position
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402  pylint: disable=wrong-import-position
+from jaxift.data import batching, pipeline, sources, tokenize  # noqa: E402
+from jaxift.data.config import default_data_config  # noqa: E402
+from jaxift.data.stats import DropStats  # noqa: E402
+from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
 DATA_SUFFIXES = ('.json', '.jsonl', '.parquet', '.arrayrecord')
 

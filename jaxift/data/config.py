@@ -1,10 +1,11 @@
-"""Defaults of `config.data`: every option the data pipeline reads, so a locked config can override any."""
+"""Defaults of `config.data`: every option the data pipeline reads (a locked config can
+override any of them)."""
 import ml_collections
 from ml_collections.config_dict import placeholder
 
 
 def default_synthetic_config() -> ml_collections.ConfigDict:
-  """Built-in exactly-checkable instruction tasks (`jaxift.data.synthetic`), used when source='synthetic'."""
+  """Built-in exactly checkable tasks (`jaxift.data.synthetic`), for source='synthetic'."""
   c = ml_collections.ConfigDict()
   c.num_train = 2000
   c.num_validation = 64

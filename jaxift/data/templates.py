@@ -71,7 +71,8 @@ def render(spec: str, conv: Conversation, tokenizer=None) -> list[Piece]:
   if spec == 'alpaca':
     return _alpaca(conv)
   if spec == 'plain':
-    return _single_turn(conv, 'plain', lambda system, prompt: (system + prompt))
+    return _single_turn(conv, 'plain',
+                        lambda system, prompt: (system + '\n\n' if system else '') + prompt)
   if spec == 'chatml':
     return _role_tagged(conv, lambda r: f'<|im_start|>{r}\n', '<|im_end|>', '\n')
   if spec == 'phi3':

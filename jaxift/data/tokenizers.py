@@ -81,7 +81,8 @@ def load_tokenizer(path: str) -> transformers.PreTrainedTokenizerBase:
     ggufs = sorted(n for n in names if n.endswith('.gguf'))
     if len(ggufs) != 1:
       raise ValueError(f'{path}: expected tokenizer.json/tokenizer_config.json, encoder.json + '
-                       f'vocab.bpe, vocab.json + merges.txt, or one .gguf file; found {sorted(names)}')
+                       'vocab.bpe, vocab.json + merges.txt, or one .gguf file; found '
+                       f'{sorted(names)}')
     return _load_gguf(local / ggufs[0])
   if tok.pad_token is None and tok.eos_token is not None:
     tok.pad_token = tok.eos_token

@@ -14,7 +14,7 @@ def cfg():
 
 @pytest.fixture(scope='session')
 def gpt2_bos_tokenizer(gpt2_tokenizer):
-  """GPT-2 BPE whose encoder prepends BOS (<|endoftext|>) like Llama's: for the no-double-BOS rule."""
+  """GPT-2 BPE whose encoder prepends BOS (<|endoftext|>) like Llama's: for the BOS rule."""
   from tokenizers import processors
   tok = copy.deepcopy(gpt2_tokenizer)
   bos = tok.bos_token
