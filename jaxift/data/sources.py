@@ -4,6 +4,8 @@ import collections
 import functools
 import glob
 import json
+import os
+import time
 from typing import Any
 
 from etils import epath
@@ -122,12 +124,15 @@ def read_files(spec: Any, skip_invalid: bool = False, hf_split: str = 'train'):
   """-> ([(where, record)], counts of skipped invalid lines)."""
   records, counts = [], collections.Counter()
   for path in expand_files(spec):
-    p = epath.Path(path)
-    try:
-      st = p.stat()
-      stamp = (st.length, st.mtime) if hasattr(st, 'length') else (st.st_size, st.st_mtime)
+    try:  # a changed file is read again (nanosecond mtimes where the file is local)
+      if '://' in path:
+        st = epath.Path(path).stat()
+        stamp = (st.length, st.mtime)
+      else:
+        st = os.stat(path)
+        stamp = (st.st_size, st.st_mtime_ns)
     except (OSError, AttributeError):
-      stamp = ()
+      stamp = (time.time(),)  # cannot tell: never reuse
     got, c = _read_cached(path, stamp, skip_invalid, hf_split)
     records += got
     counts.update(c)
