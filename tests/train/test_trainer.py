@@ -35,7 +35,9 @@ def test_load_for_inference_latest_and_missing_step(reference_run):
   logits = model(jnp.array([[31373, 995]]), jnp.array([[0, 1]]), jnp.array([[1, 1]]))
   assert logits.shape == (1, 2, 50257)
   best_model, _, _ = ckpt_lib.load_for_inference(workdir, "best")
-  assert results["best_step"] == 4
+  assert results["best_step"] == 4  # the only evaluated checkpoint: best == latest
+  best_logits = best_model(jnp.array([[31373, 995]]), jnp.array([[0, 1]]), jnp.array([[1, 1]]))
+  assert jnp.array_equal(best_logits, logits)
   with pytest.raises(FileNotFoundError, match=r"steps \[4\]"):
     ckpt_lib.load_for_inference(workdir, 3)
   with pytest.raises(FileNotFoundError, match="does not exist"):
