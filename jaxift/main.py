@@ -3,7 +3,9 @@
 Multi-host: on a Cloud TPU VM slice `jax.distributed.initialize()` finds its peers by itself; on
 other clusters pass --coordinator_address/--num_processes/--process_id to every process.
 """
+import glob
 import json
+import os
 
 from absl import app
 from absl import flags
@@ -22,7 +24,8 @@ _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in a mul
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
 _DISTRIBUTED = flags.DEFINE_enum(
     "distributed", "auto", ["auto", "on", "off"],
-    "auto: initialize jax.distributed when coordinator flags are given or on a Cloud TPU pod slice.")
+    "auto: initialize jax.distributed when coordinator flags are given or on a Cloud TPU VM; "
+    "on: always (cluster auto-detection, e.g. SLURM); off: never.")
 
 
 def _maybe_initialize_distributed() -> None:
@@ -34,15 +37,17 @@ def _maybe_initialize_distributed() -> None:
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(coordinator_address=_COORDINATOR.value,
                                num_processes=_NUM_PROCESSES.value, process_id=_PROCESS_ID.value)
-  elif _DISTRIBUTED.value == "on" or _on_tpu_pod():
-    jax.distributed.initialize()  # Cloud TPU: peers from the TPU metadata server
+  elif _DISTRIBUTED.value == "on" or _on_cloud_tpu_vm():
+    # Cloud TPU VM (one host or a pod slice): JAX reads the peers from the TPU metadata server.
+    jax.distributed.initialize()
 
 
-def _on_tpu_pod() -> bool:
-  """A multi-host Cloud TPU VM: the TPU runtime advertises several worker hostnames."""
-  import os  # pylint: disable=g-import-not-at-top
-  hostnames = os.environ.get("TPU_WORKER_HOSTNAMES", "")
-  return len([h for h in hostnames.split(",") if h]) > 1
+def _on_cloud_tpu_vm() -> bool:
+  """TPU chips are attached (/dev/accel* or /dev/vfio/N) or the TPU runtime set its variables."""
+  if any(os.environ.get(v) for v in ("TPU_WORKER_HOSTNAMES", "MEGASCALE_COORDINATOR_ADDRESS",
+                                     "TPU_ACCELERATOR_TYPE")):
+    return True
+  return bool(glob.glob("/dev/accel[0-9]*") or glob.glob("/dev/vfio/[0-9]*"))
 
 
 def main(argv) -> None:
