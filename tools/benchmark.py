@@ -173,7 +173,7 @@ def bench_torch(args, hf: dict, rows: dict) -> dict:
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
-    return float(loss)  # .item() synchronizes with the device
+    return loss.detach().item()  # synchronizes with the device
 
   if device == "cuda":
     torch.cuda.reset_peak_memory_stats()
