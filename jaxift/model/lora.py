@@ -325,3 +325,36 @@ def abstract_lora_model(cfg, lora_config, **options):
     apply_lora(model, lora_config)
     return model
   return nnx.eval_shape(build)
+
+
+# ---- the trainer's view: config.lora ---------------------------------------------------------------
+
+def enabled(config) -> bool:
+  """Whether a full experiment config asks for LoRA (`config.lora.enabled`)."""
+  section = config.get("lora") if hasattr(config, "get") else None
+  return bool(section is not None and section.get("enabled", False))
+
+
+def trainable_filter(config):
+  """The nnx filter of the trained state: the adapters under LoRA, else every parameter."""
+  return LoRAParam if enabled(config) else nnx.Param
+
+
+def build_model(config, *, mesh=None, rules=None, seed: int = 0):
+  """(Decoder, ModelConfig): `loading.build_model(config.model)` plus adapters when enabled.
+
+  The base comes from `config.model.path` (or `hf_config` + seed), so a LoRA checkpoint needs only
+  the adapters: resuming and `load_for_inference` rebuild the base from this same reference.
+  """
+  from jaxift.model.loading import build_model as build_base  # pylint: disable=import-outside-toplevel
+  model, cfg = build_base(config.model, mesh=mesh, rules=rules, seed=seed)
+  if enabled(config):
+    apply_lora(model, config.lora, mesh=mesh, rules=rules, seed=seed)
+  return model, cfg
+
+
+def base_reference(config) -> dict[str, Any]:
+  """What a LoRA checkpoint records about its frozen base (written into checkpoint metadata)."""
+  return {"path": str(config.model.get("path", "")), "seed": int(config.train.get("seed", 0)),
+          "param_dtype": str(config.model.get("param_dtype", "float32")),
+          "base_dtype": str(config.lora.get("base_dtype", ""))}
