@@ -6,6 +6,7 @@ highlighted (green in a terminal; --html FILE for a browser) and each batch's pa
       --batch_size=4 --num_batches=2 --html=/tmp/batch.html
   python tools/inspect_batch.py --tokenizer=PATH.gguf --data.source=synthetic \
       --data.template=tokenizer
+  python tools/inspect_batch.py --config=configs/quickstart.py  # its data config and tokenizer
 """
 import html
 import pathlib
@@ -22,8 +23,10 @@ from jaxift.data.config import default_data_config  # noqa: E402
 from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
 _DATA = config_flags.DEFINE_config_dict('data', default_data_config(), lock_config=True)
-_TOKENIZER = flags.DEFINE_string('tokenizer', None, 'HF dir, .gguf, or GPT-2 files folder',
-                                 required=True)
+_CONFIG = config_flags.DEFINE_config_file(
+    'config', None, 'an experiment config: its config.data (override with --config.data.x=...) '
+    'and its tokenizer (config.tokenizer.path, else config.model.path) replace --data.*')
+_TOKENIZER = flags.DEFINE_string('tokenizer', None, 'HF dir, .gguf, or GPT-2 files folder')
 _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'validation', 'test'], 'which split')
 _BATCH = flags.DEFINE_integer('batch_size', 4, 'rows per batch')
 _NUM = flags.DEFINE_integer('num_batches', 1, 'how many batches to show')
@@ -101,9 +104,16 @@ def inspect(data_config, tokenizer, *, split: str, batch_size: int, num_batches:
 
 def main(argv) -> None:
   del argv
-  tokenizer = load_tokenizer(_TOKENIZER.value)
+  data, tokenizer_path = _DATA.value, _TOKENIZER.value
+  if _CONFIG.value is not None:
+    config = _CONFIG.value
+    data = config.data
+    tokenizer_path = tokenizer_path or config.tokenizer.path or config.model.path
+  if not tokenizer_path:
+    raise app.UsageError('give --tokenizer (or --config with a tokenizer or model path)')
+  tokenizer = load_tokenizer(tokenizer_path)
   color = sys.stdout.isatty() if _COLOR.value is None else _COLOR.value
-  print(inspect(_DATA.value, tokenizer, split=_SPLIT.value, batch_size=_BATCH.value,
+  print(inspect(data, tokenizer, split=_SPLIT.value, batch_size=_BATCH.value,
                 num_batches=_NUM.value, color=color, html_path=_HTML.value))
 
 
