@@ -40,6 +40,7 @@ def get_config(arg: str | None = None):
   c.optimizer.grad_clip_norm = 1.0
   c.train.num_steps = a.steps
   c.train.global_batch_size = a.batch
+  c.train.loss_chunk_size = 1024  # 128k-entry vocabulary: never hold [B, 4096, 128256] logits
   c.train.log_every = 10
   c.train.eval_every = 250
   c.train.save_every = 250

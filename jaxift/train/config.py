@@ -50,6 +50,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.grad_accum_steps = 1  # micro-steps per optimizer step (global_batch_size divisible)
   c.train.seed = 0
   c.train.z_loss = 0.0  # weight of PaLM's z-loss: z_loss * mean(logsumexp(logits)^2)
+  # Compute logits and loss over slices of this many tokens (0 = whole rows): saves the
+  # [batch, seq, vocab] logits memory for large vocabularies (Llama 3: 128k) at a little recompute.
+  c.train.loss_chunk_size = 0
   c.train.freeze_regex = ""  # parameters whose path matches are not trained, e.g. 'embed'
   c.train.log_every = 10
   c.train.eval_every = 0  # 0 = only at the end

@@ -17,11 +17,38 @@ Batch = dict[str, jax.Array]
 MODEL_INPUTS = ("inputs", "positions", "segment_ids")
 
 
-def _forward_sums(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State,
-                  batch: Batch) -> dict[str, jax.Array]:
+def _forward_sums(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
+                  loss_chunk: int = 0) -> dict[str, jax.Array]:
   model = nnx.merge(graphdef, params, rest)
-  logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-  return loss_lib.loss_sums(logits_BxTxV, batch["targets"], batch["weights"])
+  if not loss_chunk or batch["inputs"].shape[1] <= loss_chunk:
+    logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    return loss_lib.loss_sums(logits_BxTxV, batch["targets"], batch["weights"])
+  return _chunked_sums(model, batch, loss_chunk)
+
+
+def _chunked_sums(model: nnx.Module, batch: Batch, chunk: int) -> dict[str, jax.Array]:
+  """The loss over `chunk`-token slices of the sequence, each slice's logits recomputed in the
+  backward pass: peak memory holds [B, chunk, V] logits instead of [B, T, V] (large vocabularies)."""
+  hidden_BxTxD = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+  b, t, d = hidden_BxTxD.shape
+  pad = (-t) % chunk
+  def chunks(x, fill=0):  # [B, T, ...] -> [T/chunk, B, chunk, ...]
+    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
+    return jnp.moveaxis(x.reshape(b, (t + pad) // chunk, chunk, *x.shape[2:]), 1, 0)
+
+  @jax.checkpoint
+  def one_chunk(hidden_BxCxD, targets_BxC, weights_BxC):
+    logits_BxCxV = model.logits_from_hidden(hidden_BxCxD)
+    return loss_lib.loss_sums(logits_BxCxV, targets_BxC, weights_BxC)
+
+  def body(totals, xs):
+    sums = one_chunk(*xs)
+    return jax.tree.map(jnp.add, totals, sums), None
+
+  zeros = {k: jnp.zeros((), jnp.float32) for k in ("ce_sum", "z_sum", "correct_sum", "weight_sum")}
+  totals, _ = jax.lax.scan(body, zeros, (chunks(hidden_BxTxD), chunks(batch["targets"]),
+                                         chunks(batch["weights"])))
+  return totals
 
 
 def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Batch:
@@ -42,11 +69,11 @@ def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Bat
 def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
                     trainable: Any, *, accum: int = 1, z_loss: float = 0.0,
                     schedule: optax.Schedule | None = None,
-                    micro_batch_sharding: Any = None) -> Callable:
+                    micro_batch_sharding: Any = None, loss_chunk: int = 0) -> Callable:
   """(params, opt_state, step, batch) -> (params, opt_state, metrics); `trainable` is a bool tree."""
 
   def micro_objective(params, micro: Batch, total_weight):
-    sums = _forward_sums(graphdef, params, rest, micro)
+    sums = _forward_sums(graphdef, params, rest, micro, loss_chunk)
     return loss_lib.objective(sums, total_weight, z_loss), sums
 
   grad_fn = jax.grad(micro_objective, has_aux=True)
@@ -90,11 +117,11 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State) -> Callable:
+def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State, loss_chunk: int = 0) -> Callable:
   """(params, batch) -> loss sums of the batch (the caller adds them over batches, divides once)."""
 
   def eval_step(params, batch: Batch):
-    sums = _forward_sums(graphdef, params, rest, batch)
+    sums = _forward_sums(graphdef, params, rest, batch, loss_chunk)
     sums["non_padding_tokens"] = jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))
     return sums
 

@@ -139,11 +139,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   train_step = jax.jit(
       step_lib.make_train_step(graphdef, rest, tx, trainable, accum=accum,
                                z_loss=float(config.train.z_loss), schedule=schedule,
-                               micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES))),
+                               micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES)),
+                               loss_chunk=int(config.train.loss_chunk_size)),
       in_shardings=(param_shardings, opt_shardings, replicated, batch_sharding),
       out_shardings=(param_shardings, opt_shardings, replicated),
       donate_argnums=(0, 1))
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, rest),
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef, rest, int(config.train.loss_chunk_size)),
                       in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
 
   eval_rows = int(config.eval.batch_size or global_batch)

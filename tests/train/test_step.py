@@ -65,6 +65,22 @@ def test_grad_accumulation_x4_equals_one_big_batch(z_loss):
   assert float(m1["loss"]) == pytest.approx(want, rel=1e-5)
 
 
+def test_chunked_loss_equals_whole_rows():
+  graphdef, params, rest = _tiny_model()
+  tx, _ = opt_lib.make_optimizer(_sgd(), params, 10)
+  trainable = opt_lib.trainable_mask(params, "")
+  batch = _batch(4, 12, seed=1)
+  outs = [jax.jit(step_lib.make_train_step(graphdef, rest, tx, trainable, z_loss=1e-3,
+                                           loss_chunk=chunk))(params, tx.init(params), np.int32(0),
+                                                              batch)
+          for chunk in (0, 5)]  # 5 does not divide 12: the last slice is padded
+  (p_whole, _, m_whole), (p_chunk, _, m_chunk) = outs
+  for key in ("loss", "z_loss", "token_accuracy", "trained_tokens"):
+    assert float(m_chunk[key]) == pytest.approx(float(m_whole[key]), rel=1e-5), key
+  for a, b in zip(jax.tree.leaves(p_whole), jax.tree.leaves(p_chunk)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-6, rtol=1e-5)
+
+
 def test_frozen_parameters_do_not_move():
   graphdef, params, rest = _tiny_model()
   tx, _ = opt_lib.make_optimizer(_sgd(), params, 10, freeze_regex=r"^embed/")
