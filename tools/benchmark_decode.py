@@ -5,7 +5,8 @@
 Both generate exactly `new_tokens` tokens per row (stop tokens disabled, transformers with
 min_new_tokens) from the same chat prompt in float32 on the CPU, after one warm-up run (jaxift's
 warm-up includes compilation). Tokens/s = batch * new_tokens / median wall time of a whole
-generate call (prefill included for both). Prints a markdown table and a JSON line.
+generate call (prefill included for both); the timed runs of the two alternate, so both see the
+same machine load. Prints a markdown table and a JSON line.
 """
 import json
 import os
@@ -21,16 +22,21 @@ _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row."
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per setting (median reported).")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "jaxift: lax.scan over layers.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = all cores).")
+# For single-threaded XLA, run with
+# XLA_FLAGS="--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1".
 
 
-def _median_time(fn, repeats: int) -> float:
-  fn()  # warm-up (and compilation for jax)
-  times = []
+def _median_times(fns, repeats: int) -> list[float]:
+  """Median wall time of each fn; runs are interleaved so both see the same machine load."""
+  for fn in fns:
+    fn()  # warm-up (and compilation for jax)
+  times = [[] for _ in fns]
   for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return statistics.median(times)
+    for fn, fn_times in zip(fns, times):
+      start = time.perf_counter()
+      fn()
+      fn_times.append(time.perf_counter() - start)
+  return [statistics.median(t) for t in times]
 
 
 def main(argv):
@@ -76,10 +82,9 @@ def main(argv):
                                 pad_token_id=tokenizer.pad_token_id or 0)
       hf_out[:] = out[:, len(prompt):].tolist()
 
-    t_jax = _median_time(run_jax, _REPEATS.value)
-    print(f"batch {batch}: jaxift {batch * n / t_jax:.1f} tok/s", file=sys.stderr, flush=True)
-    t_hf = _median_time(run_hf, _REPEATS.value)
-    print(f"batch {batch}: transformers {batch * n / t_hf:.1f} tok/s", file=sys.stderr, flush=True)
+    t_jax, t_hf = _median_times([run_jax, run_hf], _REPEATS.value)
+    print(f"batch {batch}: jaxift {batch * n / t_jax:.1f} tok/s, transformers "
+          f"{batch * n / t_hf:.1f} tok/s", file=sys.stderr, flush=True)
     same = sum(a == b for a, b in zip(jax_out, hf_out))
     rows.append({"batch": batch, "prompt_tokens": len(prompt), "new_tokens": n,
                  "jaxift_tok_s": batch * n / t_jax, "transformers_tok_s": batch * n / t_hf,
@@ -88,6 +93,8 @@ def main(argv):
           or platform.machine(), "cores": os.cpu_count(), "jax": jax.__version__,
           "torch": torch.__version__, "transformers": transformers.__version__,
           "python": sys.version.split()[0], "scan_layers": _SCAN.value,
+          "torch_threads": torch.get_num_threads(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
+          "load_average": os.getloadavg(),
           "devices": str(jax.devices())}
   print("| batch | prompt tokens | new tokens | jaxift tok/s | transformers tok/s | ratio | "
         "identical rows |")
