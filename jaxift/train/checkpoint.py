@@ -211,9 +211,18 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
   checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
   try:
     resolved = resolve_step(checkpointer, step, workdir)
-    hf_dict = json.loads((workdir / "model_config.json").read_text())
+    from jaxift.model import lora as lora_lib  # pylint: disable=g-import-not-at-top
     from jaxift.train.config import mesh_rules  # pylint: disable=g-import-not-at-top
-    graphdef, abstract_params, rest, _ = abstract_model(config.model, hf_dict, mesh, mesh_rules(config))
+    if lora_lib.enabled(config):  # the frozen base comes from its reference, the adapters from here
+      model, _ = lora_lib.build_model(config, mesh=mesh, rules=mesh_rules(config),
+                                      seed=int(config.train.seed))
+      graphdef, adapters, rest = nnx.split(model, lora_lib.trainable_filter(config), ...)
+      abstract_params = abstract_like(adapters)
+      del model, adapters
+    else:
+      hf_dict = json.loads((workdir / "model_config.json").read_text())
+      graphdef, abstract_params, rest, _ = abstract_model(config.model, hf_dict, mesh,
+                                                          mesh_rules(config))
     restored = checkpointer.restore(resolved, abstract_params=abstract_params)
   finally:
     checkpointer.close()

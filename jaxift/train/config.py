@@ -18,6 +18,8 @@ def base_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.data = default_data_config()
   c.model = default_model_config()
+  from jaxift.model.lora import default_lora_config  # pylint: disable=g-import-not-at-top
+  c.lora = default_lora_config()  # LoRA adapters instead of full fine-tuning (off by default)
 
   c.tokenizer = ml_collections.ConfigDict()
   c.tokenizer.path = ""  # '' = the same as config.model.path

@@ -66,22 +66,35 @@ def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Bat
   return jax.tree.map(split, batch)
 
 
-def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientTransformation,
+def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     trainable: Any, *, accum: int = 1, z_loss: float = 0.0,
                     schedule: optax.Schedule | None = None,
-                    micro_batch_sharding: Any = None, loss_chunk: int = 0) -> Callable:
-  """(params, opt_state, step, batch) -> (params, opt_state, metrics); `trainable` is a bool tree."""
+                    micro_batch_sharding: Any = None, loss_chunk: int = 0,
+                    dropout_seed: int | None = None) -> Callable:
+  """(params, opt_state, rest, step, batch) -> (params, opt_state, metrics).
 
-  def micro_objective(params, micro: Batch, total_weight):
+  `params` are the trained variables, `rest` everything else of the model (a frozen LoRA base,
+  or nothing): an argument, not a closure, so large frozen weights never become jit constants.
+  `trainable` is a bool tree over `params`. With `dropout_seed`, LoRA dropout is on, keyed by step.
+  """
+
+  def micro_objective(params, rest, micro: Batch, total_weight):
     sums = _forward_sums(graphdef, params, rest, micro, loss_chunk)
     return loss_lib.objective(sums, total_weight, z_loss), sums
 
   grad_fn = jax.grad(micro_objective, has_aux=True)
 
-  def train_step(params, opt_state, step, batch: Batch):
+  def train_step(params, opt_state, rest, step, batch: Batch):
+    if dropout_seed is None:
+      return _train_step(params, opt_state, rest, step, batch)
+    from jaxift.model import lora  # pylint: disable=g-import-not-at-top
+    with lora.dropout_rng(jax.random.fold_in(jax.random.key(dropout_seed), step)):
+      return _train_step(params, opt_state, rest, step, batch)
+
+  def _train_step(params, opt_state, rest, step, batch: Batch):
     total_weight = jnp.sum(batch["weights"].astype(jnp.float32))
     if accum == 1:
-      grads, sums = grad_fn(params, batch, total_weight)
+      grads, sums = grad_fn(params, rest, batch, total_weight)
     else:
       micro_batches = split_micro_batches(batch, accum, micro_batch_sharding)
       zero_grads = jax.tree.map(jnp.zeros_like, params)
@@ -90,7 +103,7 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
 
       def body(carry, micro):
         grads_acc, sums_acc = carry
-        grads, sums = grad_fn(params, micro, total_weight)
+        grads, sums = grad_fn(params, rest, micro, total_weight)
         return (jax.tree.map(jnp.add, grads_acc, grads),
                 jax.tree.map(jnp.add, sums_acc, sums)), None
 
@@ -117,10 +130,11 @@ def make_train_step(graphdef: nnx.GraphDef, rest: nnx.State, tx: optax.GradientT
   return train_step
 
 
-def make_eval_step(graphdef: nnx.GraphDef, rest: nnx.State, loss_chunk: int = 0) -> Callable:
-  """(params, batch) -> loss sums of the batch (the caller adds them over batches, divides once)."""
+def make_eval_step(graphdef: nnx.GraphDef, loss_chunk: int = 0) -> Callable:
+  """(params, rest, batch) -> loss sums of the batch (the caller adds them over batches and
+  divides once)."""
 
-  def eval_step(params, batch: Batch):
+  def eval_step(params, rest, batch: Batch):
     sums = _forward_sums(graphdef, params, rest, batch, loss_chunk)
     sums["non_padding_tokens"] = jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))
     return sums

@@ -62,8 +62,8 @@ def _count_batches(config, tokenizer, per_process: int, num_epochs: int) -> int:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   from jaxift.data.pipeline import make_iterator  # pylint: disable=g-import-not-at-top
   from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
-  from jaxift.model.loading import build_model  # pylint: disable=g-import-not-at-top
   from jaxift.train import generation_eval  # pylint: disable=g-import-not-at-top
+  from jaxift.model import lora as lora_lib  # pylint: disable=g-import-not-at-top
 
   workdir = epath.Path(workdir)
   is_main = jax.process_index() == 0
@@ -86,15 +86,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                                        async_save=config.checkpoint.async_save)
   latest = checkpointer.latest_step()
   resuming = latest is not None and (workdir / "model_config.json").exists()
+  use_lora = lora_lib.enabled(config)
   tokenizer = load_tokenizer(config.tokenizer.path or config.model.path)
-  if resuming:  # no pretrained weights read: the checkpoint's parameters land in their shards
+  if resuming and not use_lora:  # no weights read: the checkpoint's parameters land in their shards
     model_hf = json.loads((workdir / "model_config.json").read_text())
     graphdef, params, rest, model_cfg = ckpt_lib.abstract_model(config.model, model_hf, mesh, rules)
-  else:
-    model, model_cfg = build_model(config.model, mesh=mesh, rules=rules, seed=config.train.seed)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+  else:  # LoRA always rebuilds its frozen base; its checkpoints hold only the adapters
+    model, model_cfg = lora_lib.build_model(config, mesh=mesh, rules=rules, seed=config.train.seed)
+    graphdef, params, rest = nnx.split(model, lora_lib.trainable_filter(config), ...)
     del model
     model_hf = model_cfg.to_hf_dict()
+  rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
 
   # ---- Input --------------------------------------------------------------------------------------
   global_batch, accum = int(config.train.global_batch_size), int(config.train.grad_accum_steps)
@@ -137,15 +139,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   # ---- Train and eval steps: pure, jitted, explicit shardings, donated state ----------------------
   train_step = jax.jit(
-      step_lib.make_train_step(graphdef, rest, tx, trainable, accum=accum,
+      step_lib.make_train_step(graphdef, tx, trainable, accum=accum,
                                z_loss=float(config.train.z_loss), schedule=schedule,
                                micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES)),
-                               loss_chunk=int(config.train.loss_chunk_size)),
-      in_shardings=(param_shardings, opt_shardings, replicated, batch_sharding),
+                               loss_chunk=int(config.train.loss_chunk_size),
+                               dropout_seed=(int(config.train.seed) if use_lora
+                                             and config.lora.dropout > 0 else None)),
+      in_shardings=(param_shardings, opt_shardings, rest_shardings, replicated, batch_sharding),
       out_shardings=(param_shardings, opt_shardings, replicated),
       donate_argnums=(0, 1))
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, rest, int(config.train.loss_chunk_size)),
-                      in_shardings=(param_shardings, batch_sharding), out_shardings=replicated)
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef, int(config.train.loss_chunk_size)),
+                      in_shardings=(param_shardings, rest_shardings, batch_sharding),
+                      out_shardings=replicated)
 
   eval_rows = int(config.eval.batch_size or global_batch)
   if eval_rows % (jax.process_count() * batch_shards):
@@ -166,7 +171,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     for i, host_batch in enumerate(host_batches.lockstep(it, eval_rows // jax.process_count())):
       if config.eval.max_batches and i >= config.eval.max_batches:
         break
-      sums = eval_step(params, to_global(host_batch))
+      sums = eval_step(params, rest, to_global(host_batch))
       totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if totals is None:
       return None
@@ -256,6 +261,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       return
     meta = {"step": step, "seed": int(config.train.seed), "early_stopping": early.state_dict(),
             "time": time.time()}
+    if use_lora:
+      meta["lora_base"] = lora_lib.base_reference(config)
     checkpointer.save(step, params=params, opt_state=opt_state, meta=meta,
                       data_iter=train_iter if config.checkpoint.save_data_iterator else None,
                       validation_loss=validation_loss)
@@ -271,7 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         data_exhausted = True
         break
       batch = to_global(host_batch)
-      params, opt_state, metrics = train_step(params, opt_state, np.int32(step), batch)
+      params, opt_state, metrics = train_step(params, opt_state, rest, np.int32(step), batch)
       step += 1
       if pending is not None:
         finish(pending)

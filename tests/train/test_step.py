@@ -48,9 +48,9 @@ def test_grad_accumulation_x4_equals_one_big_batch(z_loss):
   batch = _batch(8, 12)
   outs = []
   for accum in (1, 4):
-    step = jax.jit(step_lib.make_train_step(graphdef, rest, tx, trainable, accum=accum,
+    step = jax.jit(step_lib.make_train_step(graphdef, tx, trainable, accum=accum,
                                             z_loss=z_loss))
-    outs.append(step(params, tx.init(params), np.int32(0), batch))
+    outs.append(step(params, tx.init(params), rest, np.int32(0), batch))
   (p1, _, m1), (p4, _, m4) = outs
   for key in ("loss", "z_loss", "token_accuracy", "trained_tokens", "grad_norm"):
     assert float(m4[key]) == pytest.approx(float(m1[key]), rel=1e-5, abs=1e-6), key
@@ -70,8 +70,8 @@ def test_chunked_loss_equals_whole_rows():
   tx, _ = opt_lib.make_optimizer(_sgd(), params, 10)
   trainable = opt_lib.trainable_mask(params, "")
   batch = _batch(4, 12, seed=1)
-  outs = [jax.jit(step_lib.make_train_step(graphdef, rest, tx, trainable, z_loss=1e-3,
-                                           loss_chunk=chunk))(params, tx.init(params), np.int32(0),
+  outs = [jax.jit(step_lib.make_train_step(graphdef, tx, trainable, z_loss=1e-3,
+                                           loss_chunk=chunk))(params, tx.init(params), rest, np.int32(0),
                                                               batch)
           for chunk in (0, 5)]  # 5 does not divide 12: the last slice is padded
   (p_whole, _, m_whole), (p_chunk, _, m_chunk) = outs
@@ -85,8 +85,8 @@ def test_frozen_parameters_do_not_move():
   graphdef, params, rest = _tiny_model()
   tx, _ = opt_lib.make_optimizer(_sgd(), params, 10, freeze_regex=r"^embed/")
   trainable = opt_lib.trainable_mask(params, r"^embed/")
-  step = jax.jit(step_lib.make_train_step(graphdef, rest, tx, trainable))
-  new_params, _, _ = step(params, tx.init(params), np.int32(0), _batch(4, 10))
+  step = jax.jit(step_lib.make_train_step(graphdef, tx, trainable))
+  new_params, _, _ = step(params, tx.init(params), rest, np.int32(0), _batch(4, 10))
   np.testing.assert_array_equal(np.asarray(new_params["embed"]["embedding"][...]),
                                 np.asarray(params["embed"]["embedding"][...]))
   moved = [not np.array_equal(a, b) for a, b in
@@ -106,13 +106,13 @@ def test_padded_bucketed_packed_batches_give_the_same_loss(gpt2_dir):
   c.data.buckets = (48, 64, 80)
   model, _ = build_model(c.model, seed=0)
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-  eval_step = jax.jit(step_lib.make_eval_step(graphdef, rest))
+  eval_step = jax.jit(step_lib.make_eval_step(graphdef))
   totals = {}
   for batching in ("max_length", "bucket", "packing"):
     c.data.batching = batching
     it = make_iterator(c.data, tokenizer, split="validation", batch_size=4, shard_index=0,
                        shard_count=1, seed=0, num_epochs=1)
-    sums = [jax.device_get(eval_step(params, b)) for b in it]
+    sums = [jax.device_get(eval_step(params, rest, b)) for b in it]
     totals[batching] = {k: sum(float(s[k]) for s in sums) for k in ("ce_sum", "weight_sum")}
   assert totals["packing"]["weight_sum"] == totals["max_length"]["weight_sum"] > 0
   losses = {k: v["ce_sum"] / v["weight_sum"] for k, v in totals.items()}
