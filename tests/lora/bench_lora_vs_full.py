@@ -70,7 +70,9 @@ def main():
       jax.tree.leaves(params), jax.tree.leaves(trainable)) if t))
   out["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree.leaves(opt_state)
                                    if hasattr(x, "nbytes")))
-  step_fn = jax.jit(step_lib.make_train_step(graphdef, rest, tx, trainable, schedule=schedule),
+
+  # The frozen state (`rest`) is an argument of the step, never a closure (jit constants).
+  step_fn = jax.jit(step_lib.make_train_step(graphdef, tx, trainable, schedule=schedule),
                     donate_argnums=(0, 1))
   it = make_iterator(config.data, tokenizer, split="train", batch_size=config.train.global_batch_size,
                      shard_index=0, shard_count=1, seed=config.train.seed, num_epochs=None)
@@ -78,7 +80,7 @@ def main():
   for s in range(args.steps):
     batch = next(it)
     t0 = time.perf_counter()
-    params, opt_state, metrics = step_fn(params, opt_state, np.int32(s), batch)
+    params, opt_state, metrics = step_fn(params, opt_state, rest, np.int32(s), batch)
     losses.append(float(metrics["loss"]))
     times.append(time.perf_counter() - t0)
   out.update(first_loss=losses[0], last5_loss=float(np.mean(losses[-5:])),
