@@ -116,12 +116,13 @@ def bench_jaxift(args, hf: dict, rows: dict) -> dict:
   step = jax.device_put(jax.numpy.int32(0), parts["replicated"])
 
   t0 = time.perf_counter()
-  compiled = parts["train_step"].lower(params, opt_state, step, batch).compile()
+  args_of = parts["args"]  # (params, opt_state, step, batch) in the order the step takes them
+  compiled = parts["train_step"].lower(*args_of(params, opt_state, step, batch)).compile()
   compile_s = time.perf_counter() - t0
   times, cpu_times, losses = [], [], []
   for _ in range(args.warmup + args.steps):
     t0, c0 = time.perf_counter(), time.process_time()
-    params, opt_state, metrics = compiled(params, opt_state, step, batch)
+    params, opt_state, metrics = compiled(*args_of(params, opt_state, step, batch))
     losses.append(float(metrics["loss"]))  # fetching the loss waits for the step
     times.append(time.perf_counter() - t0)
     cpu_times.append(time.process_time() - c0)

@@ -18,6 +18,7 @@ The CPU compiler fuses and lays out differently from the TPU/GPU ones: treat CPU
 estimate (parameters, optimizer state and batch bytes are exact; temporaries are approximate) and
 run the tool on one host of the target slice for the real figure.
 """
+import inspect
 import json
 import os
 import pathlib
@@ -78,15 +79,29 @@ def train_step_parts(config, mesh, graphdef, rest, params) -> dict:
   step_kw = dict(accum=int(config.train.grad_accum_steps), z_loss=float(config.train.z_loss),
                  schedule=schedule, micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES)))
   chunk = int(config.train.get("loss_chunk_size", 0) or 0)
-  if chunk:
-    step_kw["loss_chunk_size"] = chunk
-  train_step = jax.jit(
-      step_lib.make_train_step(graphdef, rest, tx, trainable, **step_kw),
-      in_shardings=(param_shardings, opt_shardings, replicated, batch_sharding),
-      out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
-  return dict(train_step=train_step, tx=tx, opt_shardings=opt_shardings, opt_state=opt_state,
-              batch_sharding=batch_sharding, replicated=replicated, loss_chunk_size=chunk,
-              step=jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated))
+  accepted = inspect.signature(step_lib.make_train_step).parameters
+  if chunk and "loss_chunk" in accepted:
+    step_kw["loss_chunk"] = chunk
+  step = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
+  # The trainer's step takes the non-trained state `rest` as an argument (so frozen weights are
+  # not jit constants); an older step closed over it. Both are handled, as the trainer calls them.
+  if "rest" in accepted:
+    fn = step_lib.make_train_step(graphdef, rest, tx, trainable, **step_kw)
+    in_shardings = (param_shardings, opt_shardings, replicated, batch_sharding)
+    def args(params, opt_state, step, batch):
+      return params, opt_state, step, batch
+  else:
+    fn = step_lib.make_train_step(graphdef, tx, trainable, **step_kw)
+    rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
+    in_shardings = (param_shardings, opt_shardings, rest_shardings, replicated, batch_sharding)
+    def args(params, opt_state, step, batch):
+      return params, opt_state, rest, step, batch
+  train_step = jax.jit(fn, in_shardings=in_shardings,
+                       out_shardings=(param_shardings, opt_shardings, replicated),
+                       donate_argnums=(0, 1))
+  return dict(train_step=train_step, args=args, tx=tx, opt_shardings=opt_shardings,
+              opt_state=opt_state, batch_sharding=batch_sharding, replicated=replicated,
+              loss_chunk_size=chunk, step=step)
 
 
 def abstract_batch(rows: int, seq_len: int, batch_sharding) -> dict:
@@ -114,7 +129,7 @@ def estimate(config, seq_len: int = 0) -> dict:
   batch = abstract_batch(rows, t, parts["batch_sharding"])
 
   t0 = time.perf_counter()
-  compiled = train_step.lower(params, opt_state, step, batch).compile()
+  compiled = train_step.lower(*parts["args"](params, opt_state, step, batch)).compile()
   compile_s = time.perf_counter() - t0
   m = compiled.memory_analysis()
   arg, out = int(m.argument_size_in_bytes), int(m.output_size_in_bytes)

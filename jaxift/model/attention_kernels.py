@@ -1,5 +1,5 @@
-"""Fused attention kernels behind `attention.attention`: cuDNN flash attention (NVIDIA GPUs) and
-Pallas splash attention (TPUs). Each returns [B, T, N, H] like the XLA reference and honours the
+"""Fused attention kernels behind `attention.attention`: cuDNN flash attention (NVIDIA GPUs; packed
+batches through the Pallas GPU flash-attention kernel) and Pallas splash attention (TPUs). Each returns [B, T, N, H] like the XLA reference and honours the
 same mask (causal, equal non-zero segment ids, optional sliding window); padding queries output 0.
 
 Both kernels handle the training / full-forward case only (queries and keys are the same row,
@@ -83,10 +83,12 @@ def cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, segment_ids_BxT, sliding
   """cuDNN flash attention for causal, right-padded rows (one segment each).
 
   `jax.nn.dot_product_attention` (JAX 0.10) takes sequence lengths but no segment ids, so a batch
-  with several segments in a row (packing) takes `xla_fallback`, chosen at run time by `lax.cond`
-  (the batch decides; both branches are compiled), with one logged warning.
-  `implementation='xla'` runs JAX's own XLA version of the same call: how the CPU tests check the
-  arguments built here (lengths, window, padding) without a GPU.
+  with several segments in a row (packing) runs another kernel, chosen at run time by `lax.cond`
+  (the batch decides; both branches are compiled), announced by one logged warning: the Pallas
+  GPU (Triton) flash attention, which takes segment ids, or `xla_fallback` with a sliding window
+  (that kernel has none).
+  `implementation='xla'` runs JAX's own XLA version of the same call (and the Pallas kernel in
+  interpret mode): how the CPU tests check the arguments built here without a GPU.
   """
   window = None if sliding_window is None else (sliding_window - 1, 0)
   padded_only, lengths_B = _is_right_padded(segment_ids_BxT)
@@ -97,10 +99,35 @@ def cudnn_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, segment_ids_BxT, sliding
         local_window_size=window, implementation=implementation)
     return jnp.where((segment_ids_BxT != 0)[:, :, None, None], out, 0).astype(q.dtype)
 
-  warn_once("cudnn_segments",
+  if sliding_window is None and q_BxTxNxH.shape[1] % 16 == 0:
+    def packed(q, k, v):
+      return pallas_gpu_attention(q, k, v, segment_ids_BxT=segment_ids_BxT,
+                                  interpret=backend_name() != "gpu")
+    packed_kernel = "the Pallas GPU flash-attention kernel (segment ids)"
+  else:
+    packed, packed_kernel = xla_fallback, "the xla kernel"
+  warn_once(f"cudnn_segments:{packed_kernel}",
             "cuDNN attention: jax.nn.dot_product_attention in this JAX has no segment ids; "
-            "batches with several segments per row (packing) use the xla attention kernel")
-  return jax.lax.cond(padded_only, fused, xla_fallback, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)
+            f"batches with several segments per row (packing) use {packed_kernel}")
+  return jax.lax.cond(padded_only, fused, packed, q_BxTxNxH, k_BxSxKxH, v_BxSxKxH)
+
+
+def pallas_gpu_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, *, segment_ids_BxT,
+                         interpret: bool = False) -> jax.Array:
+  """Causal flash attention with segment ids: `jax.experimental.pallas.ops.gpu.attention.mha`
+  (Triton). It is multi-head only, so kv heads are repeated for GQA (HF's repeat_kv order)."""
+  from jax.experimental.pallas.ops.gpu import attention as pallas_mha  # pylint: disable=import-outside-toplevel
+  t, n, h = q_BxTxNxH.shape[1:]
+  g = n // k_BxSxKxH.shape[2]
+  k_BxSxNxH = jnp.repeat(k_BxSxKxH, g, axis=2)
+  v_BxSxNxH = jnp.repeat(v_BxSxKxH, g, axis=2)
+  b = next(size for size in (128, 64, 32, 16) if t % size == 0)
+  sizes = pallas_mha.BlockSizes(block_q=b, block_k=b, block_q_dkv=b, block_kv_dkv=b,
+                                block_q_dq=b, block_kv_dq=b)
+  out = pallas_mha.mha(q_BxTxNxH, k_BxSxNxH, v_BxSxNxH, segment_ids_BxT.astype(jnp.int32),
+                       sm_scale=h ** -0.5, causal=True, block_sizes=sizes, interpret=interpret)
+  # Padding (segment 0) attends to padding inside the kernel; the contract says it outputs 0.
+  return jnp.where((segment_ids_BxT != 0)[:, :, None, None], out, 0).astype(q_BxTxNxH.dtype)
 
 
 # ---- splash (Pallas, TPU) ----------------------------------------------------------------------

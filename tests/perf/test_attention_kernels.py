@@ -147,11 +147,11 @@ def test_cudnn_refuses_float32_with_a_clear_reason():
   assert kernels.unsupported_reason("cudnn", q.astype(jnp.bfloat16), q[:, :, :2], 0) is None
 
 
-@pytest.mark.parametrize("packed", [False, True])
-@pytest.mark.parametrize("window", [None, 40])
+@pytest.mark.parametrize("packed,window", [(False, None), (False, 40), (True, None), (True, 40)])
 def test_cudnn_call_arguments_through_jax_xla_implementation(qkv, packed, window):
-  """The cudnn path's call (seq lengths, causal, window, zeroed padding, the packed fallback) run
-  by jax.nn.dot_product_attention's XLA implementation: the same arguments cuDNN gets on a GPU."""
+  """The cudnn path run on CPU: jax.nn.dot_product_attention's XLA implementation gets the very
+  arguments cuDNN gets on a GPU (seq lengths, causal, window, zeroed padding); packed batches run
+  the Pallas GPU kernel (interpret mode here), or the xla fallback with a sliding window."""
   q, k, v, seg = qkv(t=64, h=16)
   if not packed:
     seg = jnp.where(seg > 0, 1, 0)
@@ -163,4 +163,17 @@ def test_cudnn_call_arguments_through_jax_xla_implementation(qkv, packed, window
       q, k, v, segment_ids_BxT=seg, sliding_window=window, xla_fallback=xla_fallback,
       implementation="xla"))(q, k, v)
   want = _dense_reference(q, k, v, seg, window)
-  np.testing.assert_allclose(out, 2.0 * want if packed else want, atol=2e-5)
+  np.testing.assert_allclose(out, 2.0 * want if packed and window else want, atol=2e-5)
+
+
+def test_pallas_gpu_kernel_gradients_equal_xla(qkv):
+  """The packed-batch GPU kernel (interpret mode on CPU): gradients through its custom VJP."""
+  q, k, v, seg = qkv(t=64, h=16)
+  w = jax.random.normal(jax.random.key(5), q.shape)
+
+  def grads(fn):
+    return jax.jit(jax.grad(lambda q, k, v: jnp.sum(w * fn(q, k, v)), argnums=(0, 1, 2)))(q, k, v)
+  got = grads(lambda q, k, v: kernels.pallas_gpu_attention(q, k, v, segment_ids_BxT=seg,
+                                                           interpret=True))
+  for g, want in zip(got, grads(lambda q, k, v: _reference(q, k, v, seg))):
+    np.testing.assert_allclose(g, want, atol=5e-5)
