@@ -38,8 +38,6 @@ def get_config(arg: str | None = None):
               f"tensor={a.tensor}")
   c = _sibling("llama3_8b_tpu").get_config(base_arg)
   c.model.param_dtype = "bfloat16"  # the frozen base: read straight into bf16
-  if "lora" not in c:  # base_config() holds the section once the trainer reads it
-    c.lora = lora.default_lora_config()
   c.lora.enabled = True
   c.lora.rank, c.lora.alpha, c.lora.dropout = a.rank, a.alpha, a.dropout
   c.lora.target_regex = TARGETS[a.targets]

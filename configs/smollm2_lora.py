@@ -33,8 +33,6 @@ def get_config(arg: str | None = None):
     raise ValueError(f"targets={a.targets!r}: expected one of {sorted(TARGETS)}")
   base_arg = f"data={a.data},model={a.model},epochs={a.epochs},template={a.template}"
   c = _sibling("smollm2_alpaca").get_config(base_arg)
-  if "lora" not in c:  # base_config() holds the section once the trainer reads it
-    c.lora = lora.default_lora_config()
   c.lora.enabled = True
   c.lora.rank, c.lora.alpha, c.lora.dropout = a.rank, a.alpha, a.dropout
   c.lora.target_regex = TARGETS[a.targets]
