@@ -7,8 +7,11 @@ import pathlib
 import shutil
 import tempfile
 
+from absl import logging
 from etils import epath
 import transformers
+
+from jaxift.data import gguf_tokenizer
 
 GPT2_SPECIAL = '<|endoftext|>'
 
@@ -20,14 +23,22 @@ def _cache_root() -> pathlib.Path:
 
 
 def _load_gguf(path: pathlib.Path) -> transformers.PreTrainedTokenizerBase:
-  """transformers rebuilds a GGUF tokenizer in seconds; keep a saved copy keyed by file identity."""
+  """Rebuilding a GGUF tokenizer takes seconds; keep a saved copy keyed by file identity.
+
+  jaxift's own reader (no torch) builds byte-level BPE files; only for another tokenizer do we fall
+  back to transformers' GGUF path, which imports torch."""
   stat = path.stat()
   key = hashlib.sha1(f'{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:'
-                     f'{transformers.__version__}'.encode()).hexdigest()[:16]
+                     f'{transformers.__version__}:'
+                     f'jaxift-gguf-{gguf_tokenizer.BUILDER_VERSION}'.encode()).hexdigest()[:16]
   cached = _cache_root() / f'{path.stem}-{key}'
   if (cached / 'tokenizer_config.json').exists():
     return transformers.AutoTokenizer.from_pretrained(str(cached))
-  tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+  try:
+    tok = gguf_tokenizer.load_gguf_tokenizer(path)
+  except gguf_tokenizer.UnsupportedGgufTokenizer as e:
+    logging.warning('%s; loading it through transformers instead (needs torch)', e)
+    tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
   try:  # write beside, then rename: a concurrent reader never sees a half-written cache
     cached.parent.mkdir(parents=True, exist_ok=True)
     tmp = pathlib.Path(tempfile.mkdtemp(dir=cached.parent, prefix='.tmp-'))
