@@ -140,3 +140,29 @@ def test_merge_lora_equals_adapted_model(base_checkpoint):
   assert not lora.has_lora(merged) and lora.has_lora(model)
   assert not nnx.state(merged, lora.LoRAParam)
   np.testing.assert_allclose(jax_logits(merged), jax_logits(model), atol=1e-4)
+
+
+def test_cached_decoding_equals_full_forward(base_checkpoint):
+  """Generation path (KV cache, LoRAAttention's own o projection): prefill then one token at a
+  time gives the logits of one full forward."""
+  model, _ = load_model(base_checkpoint("llama"), scan_layers=True)
+  lora.apply_lora(model, lora_config())
+  randomize_adapters(model, seed=6)
+  full = jax_logits(model)
+  graphdef, state = nnx.split(model)
+
+  @jax.jit
+  def decode(state, cache, tokens, positions, index):
+    return nnx.merge(graphdef, state)(tokens, positions, jnp.ones_like(tokens), cache=cache,
+                                      cache_index=index)
+
+  tokens = np.asarray(TOKENS, np.int32)
+  cache = model.init_cache(tokens.shape[0], tokens.shape[1])
+  prefill = 8
+  logits, cache = decode(state, cache, tokens[:, :prefill],
+                         np.broadcast_to(np.arange(prefill, dtype=np.int32), (2, prefill)), 0)
+  steps = [np.asarray(logits)]
+  for t in range(prefill, tokens.shape[1]):
+    logits, cache = decode(state, cache, tokens[:, t:t + 1], np.full((2, 1), t, np.int32), t)
+    steps.append(np.asarray(logits))
+  np.testing.assert_allclose(np.concatenate(steps, axis=1), full, atol=1e-5)
