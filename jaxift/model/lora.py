@@ -30,6 +30,7 @@ from typing import Any, Iterator
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from jaxift.model import attention as attention_lib
@@ -203,6 +204,15 @@ def _new_variable(cls, kind: str, key, shape, dtype, axes, mesh, rules, bound: f
   return cls(value, out_sharding=tuple(axes))
 
 
+def _index_variable(value, axes, mesh, rules) -> LoRALayerIndex:
+  """Layer numbers; on the mesh (replicated) when there is one, like every other model array."""
+  value = np.asarray(value, np.int32)
+  if mesh is not None:
+    return LoRALayerIndex(jax.device_put(value, named_sharding(mesh, axes, rules, value.shape)),
+                          out_sharding=axes)
+  return LoRALayerIndex(jnp.asarray(value), out_sharding=axes)
+
+
 def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> list[str]:
   """Adds adapters to `model` (a `Decoder`, in place); returns the targeted parameter paths."""
   rules = DEFAULT_LOGICAL_RULES if rules is None else rules
@@ -242,11 +252,10 @@ def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> l
         module.lora_dropout, module.lora_scale = dropout, alpha / rank
         if layer is None:  # stacked: one adapter per layer along a leading `layers` axis
           stack, stack_axes = (num_layers,), ("layers",)
-          module.lora_layer = LoRALayerIndex(jnp.arange(num_layers, dtype=jnp.int32),
-                                             out_sharding=("layers",))
+          module.lora_layer = _index_variable(np.arange(num_layers), ("layers",), mesh, rules)
         else:
           stack, stack_axes = (), ()
-          module.lora_layer = LoRALayerIndex(jnp.asarray(layer, jnp.int32), out_sharding=())
+          module.lora_layer = _index_variable(np.asarray(layer), (), mesh, rules)
         for name in names:
           kernel = getattr(module, f"{name}_kernel")
           n_in = PROJECTIONS[name][1]

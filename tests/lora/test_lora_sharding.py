@@ -48,7 +48,12 @@ SCRIPT = textwrap.dedent("""
     assert flat["layers/attn/q_lora_a"].addressable_shards[0].data.shape == (2, 16, 4)
     nonzero_b(plain)
     nonzero_b(sharded)
-    np.testing.assert_allclose(forward(sharded), forward(plain), atol=1e-5)
+    # As the trainer jits: explicit in_shardings taken from every array of the split model.
+    graphdef, adapters, rest = nnx.split(sharded, lora.LoRAParam, ...)
+    shardings = jax.tree.map(lambda x: x.sharding, (adapters, rest))
+    assert all(s.mesh == mesh for s in jax.tree.leaves(shardings)), "an array is off the mesh"
+    step = jax.jit(lambda a, r: nnx.merge(graphdef, a, r)(*args), in_shardings=shardings)
+    np.testing.assert_allclose(np.asarray(step(adapters, rest)), forward(plain), atol=1e-5)
     print("OK")
 """)
 
