@@ -15,14 +15,10 @@ An explicitly named kernel that the backend lacks is an error at model construct
 cannot take a call's dtype/shape is an error at trace time, except cached decoding, which always
 uses xla (the fused kernels here are for training and full forwards).
 """
-import logging
-
 import jax
 import jax.numpy as jnp
 
 from jaxift.model import attention_kernels as kernels
-
-log = logging.getLogger(__name__)
 
 IMPLEMENTATIONS = ("auto", "xla", "cudnn", "splash")
 _NEEDS = {"cudnn": "an NVIDIA GPU with cuDNN", "splash": "a TPU"}
