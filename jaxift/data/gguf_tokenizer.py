@@ -1,7 +1,7 @@
 """A byte-level BPE tokenizer rebuilt from a GGUF file's metadata, without PyTorch.
 
-transformers can read a GGUF tokenizer too, but its GGUF reader imports torch; jaxift needs torch only
-for its parity tests. We read the tokenizer keys with the `gguf` package and build the same
+transformers can read a GGUF tokenizer too, but its GGUF reader imports torch; jaxift needs torch
+only for its parity tests. We read the tokenizer keys with the `gguf` package and build the same
 `tokenizers.Tokenizer` transformers would (BPE, byte-level pre-tokenizer and decoder, the file's
 control tokens as special tokens), with the split regex llama.cpp uses for `tokenizer.ggml.pre`.
 
@@ -55,11 +55,11 @@ SUPPORTED_PRE = tuple(sorted(_PRE_SPLITS))
 
 
 class UnsupportedGgufTokenizer(ValueError):
-  """The file describes a tokenizer this module does not build (transformers may: it needs torch)."""
+  """The file describes a tokenizer this module does not build (transformers may, with torch)."""
 
 
 def _byte_alphabet() -> dict[int, str]:
-  """GPT-2's byte -> printable character map (the alphabet byte-level BPE vocabularies are spelled in)."""
+  """GPT-2's byte -> printable character map: the alphabet byte-level BPE vocabularies use."""
   printable = (list(range(ord('!'), ord('~') + 1)) + list(range(ord('¡'), ord('¬') + 1))
                + list(range(ord('®'), ord('ÿ') + 1)))
   chars = printable[:]
@@ -93,7 +93,8 @@ def _pre_tokenizer(pre: str):
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
 
 
-def _token_at(fields: dict[str, Any], key: str, tokens: list[str], path: pathlib.Path) -> str | None:
+def _token_at(fields: dict[str, Any], key: str, tokens: list[str],
+              path: pathlib.Path) -> str | None:
   token_id = fields.get(f'tokenizer.ggml.{key}')
   if token_id is None:
     return None
@@ -103,7 +104,8 @@ def _token_at(fields: dict[str, Any], key: str, tokens: list[str], path: pathlib
   return tokens[token_id]
 
 
-def build_tokenizer(fields: dict[str, Any], path: pathlib.Path) -> transformers.PreTrainedTokenizerFast:
+def build_tokenizer(fields: dict[str, Any],
+                    path: pathlib.Path) -> transformers.PreTrainedTokenizerFast:
   """A fast tokenizer from the fields `read_gguf_tokenizer_fields` returns (`path` names errors)."""
   model = fields.get('tokenizer.ggml.model')
   if model != 'gpt2':
@@ -116,7 +118,7 @@ def build_tokenizer(fields: dict[str, Any], path: pathlib.Path) -> transformers.
         f'({", ".join(SUPPORTED_PRE)})')
   for key in ('tokenizer.ggml.tokens', 'tokenizer.ggml.merges'):
     if key not in fields:
-      raise ValueError(f'{path}: no {key} in the GGUF metadata; a byte-level BPE tokenizer needs it')
+      raise ValueError(f'{path}: no {key} in the GGUF metadata; byte-level BPE needs it')
   tokens: list[str] = fields['tokenizer.ggml.tokens']
   token_types: list[int] = fields.get('tokenizer.ggml.token_type') or []
   if token_types and len(token_types) != len(tokens):

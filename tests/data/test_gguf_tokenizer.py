@@ -1,4 +1,4 @@
-"""gguf_tokenizer: the torch-free GGUF tokenizer against transformers' own GGUF tokenizer (SmolLM2)."""
+"""gguf_tokenizer: the torch-free GGUF tokenizer against transformers' GGUF tokenizer (SmolLM2)."""
 import json
 import os
 import pathlib
@@ -8,7 +8,7 @@ import textwrap
 from unittest import mock
 
 import pytest
-from tokenizers import pre_tokenizers
+from tokenizers import Tokenizer, pre_tokenizers
 
 from jaxift.data import gguf_tokenizer
 from jaxift.data import tokenizers as jaxift_tokenizers
@@ -115,7 +115,8 @@ def test_special_tokens_match_transformers(ours, reference):
   for name in ('bos', 'eos', 'pad', 'unk'):
     assert getattr(ours, f'{name}_token_id') == getattr(reference, f'{name}_token_id'), name
     assert getattr(ours, f'{name}_token') == getattr(reference, f'{name}_token'), name
-  assert (ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id) == (1, 2, 2, 0)
+  special_ids = [ours.bos_token_id, ours.eos_token_id, ours.pad_token_id, ours.unk_token_id]
+  assert special_ids == [1, 2, 2, 0]
   assert ({i: (t.content, t.special) for i, t in ours.added_tokens_decoder.items()}
           == {i: (t.content, t.special) for i, t in reference.added_tokens_decoder.items()})
   assert len(ours) == len(reference) == 49152
@@ -140,7 +141,7 @@ def test_digits_split_like_the_smollm2_hub_tokenizer(ours, reference):
   assert ours.convert_ids_to_tokens(ours.encode('  45')) == ['ĠĠ', '4', '5']  # worked by hand
   assert reference.convert_ids_to_tokens(reference.encode('  45')) == ['Ġ', 'Ġ', '4', '5']
   # The Hub pipeline rebuilt on transformers' vocabulary and merges agrees with ours everywhere.
-  hub = reference.backend_tokenizer.__class__.from_str(reference.backend_tokenizer.to_str())
+  hub = Tokenizer.from_str(reference.backend_tokenizer.to_str())
   hub.pre_tokenizer = pre_tokenizers.Sequence([
       pre_tokenizers.Digits(individual_digits=True),
       pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
@@ -188,14 +189,20 @@ def test_split_regex_follows_pre():
 
 
 def test_unsupported_and_bad_files_are_named():
-  with pytest.raises(gguf_tokenizer.UnsupportedGgufTokenizer, match=r"m\.gguf: tokenizer\.ggml\.model = 'llama'"):
-    gguf_tokenizer.build_tokenizer(_fields(**{'tokenizer.ggml.model': 'llama'}), pathlib.Path('m.gguf'))
-  with pytest.raises(gguf_tokenizer.UnsupportedGgufTokenizer, match=r"m\.gguf: tokenizer\.ggml\.pre = 'exotic'"):
-    gguf_tokenizer.build_tokenizer(_fields(**{'tokenizer.ggml.pre': 'exotic'}), pathlib.Path('m.gguf'))
-  with pytest.raises(ValueError, match=r"m\.gguf: tokenizer\.ggml\.merges\[0\] = 'a b c'"):
-    gguf_tokenizer.build_tokenizer(_fields(**{'tokenizer.ggml.merges': ['a b c']}), pathlib.Path('m.gguf'))
-  with pytest.raises(ValueError, match=r'm\.gguf: tokenizer\.ggml\.eos_token_id = 9 is outside'):
-    gguf_tokenizer.build_tokenizer(_fields(**{'tokenizer.ggml.eos_token_id': 9}), pathlib.Path('m.gguf'))
+  cases = [
+      ({'tokenizer.ggml.model': 'llama'}, gguf_tokenizer.UnsupportedGgufTokenizer,
+       r"m\.gguf: tokenizer\.ggml\.model = 'llama'"),
+      ({'tokenizer.ggml.pre': 'exotic'}, gguf_tokenizer.UnsupportedGgufTokenizer,
+       r"m\.gguf: tokenizer\.ggml\.pre = 'exotic'"),
+      ({'tokenizer.ggml.merges': ['a b c']}, ValueError,
+       r"m\.gguf: tokenizer\.ggml\.merges\[0\] = 'a b c'"),
+      ({'tokenizer.ggml.eos_token_id': 9}, ValueError,
+       r'm\.gguf: tokenizer\.ggml\.eos_token_id = 9 is outside'),
+  ]
+  for change, error, message in cases:
+    with pytest.raises(error, match=message) as raised:
+      gguf_tokenizer.build_tokenizer(_fields(**change), pathlib.Path('m.gguf'))
+    assert type(raised.value) is error  # a broken file is not "unsupported": no fallback
 
 
 def test_unsupported_file_falls_back_to_transformers(ours, tmp_path, monkeypatch):
@@ -211,6 +218,7 @@ def test_unsupported_file_falls_back_to_transformers(ours, tmp_path, monkeypatch
     calls.append((args, kwargs))
     return ours
   monkeypatch.setattr(jaxift_tokenizers.gguf_tokenizer, 'load_gguf_tokenizer', unsupported)
-  monkeypatch.setattr(jaxift_tokenizers.transformers.AutoTokenizer, 'from_pretrained', from_pretrained)
+  monkeypatch.setattr(jaxift_tokenizers.transformers.AutoTokenizer, 'from_pretrained',
+                      from_pretrained)
   assert jaxift_tokenizers.load_tokenizer(str(fake)) is ours
   assert calls == [((str(tmp_path),), {'gguf_file': 'sp.gguf'})]
