@@ -73,7 +73,7 @@ def _byte_alphabet() -> dict[int, str]:
 
 
 def read_gguf_tokenizer_fields(path: pathlib.Path) -> dict[str, Any]:
-  """The tokenizer keys present in the file, as Python values (`gguf` parses only metadata here)."""
+  """The tokenizer keys present in the file, as Python values (no tensor data is read)."""
   import gguf  # pylint: disable=import-outside-toplevel  # only GGUF users need it
 
   reader = gguf.GGUFReader(str(path))

@@ -30,7 +30,8 @@ TEXTS = [
     '<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\nIt is 4.<|im_end|>\n',
     'text<|im_end|>glued<|im_start|>tokens<|endoftext|>',
 ]
-# The whitespace-before-digit cases (82 of the 1,100 Alpaca examples have one, like the second).
+# Whitespace runs before a digit: no field of the 1,100 Alpaca examples has one, but 79 examples do
+# once their fields are joined with spaces (the second text is one).
 DIGIT_TEXTS = ['  45', 'Convert 45 kilometers to meters.  45 kilometers is 45000 meters.',
                'a\n\n 7 and \t 12']
 CONVERSATION = [
