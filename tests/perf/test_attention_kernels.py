@@ -13,6 +13,19 @@ from jaxift.model import attention_kernels as kernels
 from tests.perf.conftest import contract_batch, tiny_decoder
 
 
+# On TPU the splash tests run the real kernel (not interpret mode), and float32 matmuls there use
+# bfloat16 passes by default: a looser tolerance than CPU's exact float32.
+ON_CPU = kernels.backend_name() == "cpu"
+SPLASH_ATOL = 2e-5 if ON_CPU else 3e-2
+
+
+@pytest.fixture(autouse=True)
+def _exact_matmuls():
+  """float32 references stay float32 on GPU (TF32) and TPU (bfloat16 passes) too."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def _reference(q, k, v, seg, window=None):
   return attention_lib.xla_attention(q, k, v, q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg,
                                      sliding_window=window)
@@ -55,7 +68,7 @@ def test_splash_interpret_equals_xla(qkv, splash_interpret, window):
   run = jax.jit(lambda q, k, v, s: attention_lib.attention(
       q, k, v, q_segment_ids_BxT=s, kv_segment_ids_BxS=s, sliding_window=window, impl="splash"))
   out = run(q, k, v, seg)
-  np.testing.assert_allclose(out, _reference(q, k, v, seg, window), atol=2e-5)
+  np.testing.assert_allclose(out, _reference(q, k, v, seg, window), atol=SPLASH_ATOL)
   assert np.all(np.asarray(out)[np.asarray(seg) == 0] == 0)  # padding queries output zeros
 
 
@@ -67,7 +80,7 @@ def test_splash_interpret_gradients_equal_xla(qkv, splash_interpret):
     return jax.jit(jax.grad(lambda q, k, v: jnp.sum(w * attention_lib.attention(
         q, k, v, q_segment_ids_BxT=seg, kv_segment_ids_BxS=seg, impl=impl)), argnums=(0, 1, 2)))
   for got, want in zip(loss("splash")(q, k, v), loss("xla")(q, k, v)):
-    np.testing.assert_allclose(got, want, atol=5e-5)
+    np.testing.assert_allclose(got, want, atol=5e-5 if ON_CPU else 5e-2)
 
 
 def test_decoder_with_splash_interpret_equals_xla(splash_interpret):
@@ -80,7 +93,7 @@ def test_decoder_with_splash_interpret_equals_xla(splash_interpret):
     logits[impl] = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
   mask = batch["segment_ids"] > 0
   np.testing.assert_allclose(np.asarray(logits["splash"])[mask], np.asarray(logits["xla"])[mask],
-                             atol=1e-4)
+                             atol=1e-4 if ON_CPU else 5e-2)
 
 
 @pytest.mark.skipif(not kernels.cudnn_available(), reason="cuDNN attention needs an NVIDIA GPU")
