@@ -119,6 +119,10 @@ def estimate(config, seq_len: int = 0) -> dict:
   from jaxift.train import sharding  # pylint: disable=import-outside-toplevel
   from jaxift.train.config import mesh_rules  # pylint: disable=import-outside-toplevel
 
+  from jaxift.model import lora as lora_lib  # pylint: disable=import-outside-toplevel
+  if lora_lib.enabled(config):
+    raise ValueError("memory_estimate compiles the full fine-tuning step; LoRA configs "
+                     "(config.lora) are not estimated yet -- set config.lora off for an upper bound")
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   graphdef, params, rest, _ = ckpt_lib.abstract_model(config.model, _hf_dict(config.model), mesh,
                                                       mesh_rules(config))
