@@ -190,3 +190,23 @@ def test_pallas_gpu_kernel_gradients_equal_xla(qkv):
                                                            interpret=True))
   for g, want in zip(got, grads(lambda q, k, v: _reference(q, k, v, seg))):
     np.testing.assert_allclose(g, want, atol=5e-5)
+
+
+@pytest.mark.skipif(kernels.backend_name() != "tpu", reason="splash as the automatic choice needs a TPU")
+def test_auto_is_splash_on_tpu():
+  assert attention_lib.auto_kernel() == "splash"
+
+
+@pytest.mark.skipif(not kernels.cudnn_available(), reason="cuDNN as the automatic choice needs an NVIDIA GPU")
+def test_auto_is_cudnn_on_gpu_and_decoder_logits_match_xla():
+  assert attention_lib.auto_kernel() == "cudnn"
+  batch = contract_batch([[100, 90, 40], [200]], 256, 101)
+  args = [jnp.asarray(batch[k]) for k in ("inputs", "positions", "segment_ids")]
+  logits = {}
+  for impl in ("xla", "auto"):
+    model = tiny_decoder(attention_impl=impl, dtype="bfloat16", hf=dict(head_dim=64))
+    graphdef, state = nnx.split(model)
+    logits[impl] = jax.jit(lambda s, *a: nnx.merge(graphdef, s)(*a))(state, *args)
+  mask = batch["segment_ids"] > 0
+  np.testing.assert_allclose(np.asarray(logits["auto"])[mask], np.asarray(logits["xla"])[mask],
+                             atol=5e-2)
