@@ -198,8 +198,10 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
                        mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, ml_collections.ConfigDict]:
   """(model, tokenizer, config) of a training workdir at step 'latest', 'best' or an int.
 
-  The model is rebuilt from `model_config.json` (no pretrained weights are read) and the trained
-  parameters restored into it, onto `mesh` when given (else the default devices).
+  Full fine-tunes: the model is rebuilt from `model_config.json` (no pretrained weights are read)
+  and the trained parameters restored into it. LoRA runs: the frozen base is rebuilt from its
+  reference (`config.model.path`, or random init with `config.train.seed`) and the adapters
+  restored. Onto `mesh` when given (else the default device).
   """
   from flax import nnx  # pylint: disable=g-import-not-at-top
   from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
