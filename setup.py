@@ -41,5 +41,7 @@ setuptools.setup(
             "datasets>=3.0,<6",
         ],
         "hf": ["datasets>=3.0,<6", "huggingface_hub>=0.26,<2"],
+        # gs:// workdirs and data through etils.epath / tensorboardX on Cloud TPU VMs.
+        "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14,<4"],
     },
 )
