@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxift.train import chunked_loss
 from jaxift.train import loss as loss_lib
 
 Batch = dict[str, jax.Array]
@@ -23,32 +24,9 @@ def _forward_sums(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, ba
   if not loss_chunk or batch["inputs"].shape[1] <= loss_chunk:
     logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
     return loss_lib.loss_sums(logits_BxTxV, batch["targets"], batch["weights"])
-  return _chunked_sums(model, batch, loss_chunk)
-
-
-def _chunked_sums(model: nnx.Module, batch: Batch, chunk: int) -> dict[str, jax.Array]:
-  """The loss over `chunk`-token slices of the sequence, each slice's logits recomputed in the
-  backward pass: peak memory holds [B, chunk, V] logits instead of [B, T, V] (large vocabularies)."""
-  hidden_BxTxD = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
-  b, t, d = hidden_BxTxD.shape
-  pad = (-t) % chunk
-  def chunks(x, fill=0):  # [B, T, ...] -> [T/chunk, B, chunk, ...]
-    x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2), constant_values=fill)
-    return jnp.moveaxis(x.reshape(b, (t + pad) // chunk, chunk, *x.shape[2:]), 1, 0)
-
-  @jax.checkpoint
-  def one_chunk(hidden_BxCxD, targets_BxC, weights_BxC):
-    logits_BxCxV = model.logits_from_hidden(hidden_BxCxD)
-    return loss_lib.loss_sums(logits_BxCxV, targets_BxC, weights_BxC)
-
-  def body(totals, xs):
-    sums = one_chunk(*xs)
-    return jax.tree.map(jnp.add, totals, sums), None
-
-  zeros = {k: jnp.zeros((), jnp.float32) for k in ("ce_sum", "z_sum", "correct_sum", "weight_sum")}
-  totals, _ = jax.lax.scan(body, zeros, (chunks(hidden_BxTxD), chunks(batch["targets"]),
-                                         chunks(batch["weights"])))
-  return totals
+  # Loss over `loss_chunk`-token slices, each slice's logits recomputed in the backward pass:
+  # peak memory holds [B, loss_chunk, V] logits instead of [B, T, V] (large vocabularies).
+  return chunked_loss.chunked_forward_sums(model, batch, chunk_size=loss_chunk)
 
 
 def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Batch:
