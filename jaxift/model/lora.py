@@ -367,3 +367,20 @@ def base_reference(config) -> dict[str, Any]:
   return {"path": str(config.model.get("path", "")), "seed": int(config.train.get("seed", 0)),
           "param_dtype": str(config.model.get("param_dtype", "float32")),
           "base_dtype": str(config.lora.get("base_dtype", ""))}
+
+
+def abstract_split(config, hf_dict: dict, mesh, rules):
+  """(graphdef, adapters, frozen, ModelConfig) of a LoRA config as ShapeDtypeStructs carrying
+  their target shardings: what the trainer would hold, for ahead-of-time compilation (sizing)."""
+  from jaxift.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
+  from jaxift.model.loading import module_options, state_shardings  # pylint: disable=import-outside-toplevel
+  cfg = ModelConfig.from_hf_dict(hf_dict)
+  abstract = abstract_lora_model(cfg, config.lora, **module_options(config.model))
+  graphdef, adapters, frozen = nnx.split(abstract, LoRAParam, ...)
+
+  def with_shardings(state):
+    leaves, treedef = jax.tree.flatten(state)
+    shardings = jax.tree.leaves(state_shardings(state, mesh, rules))
+    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+                                        for x, s in zip(leaves, shardings)])
+  return graphdef, with_shardings(adapters), with_shardings(frozen), cfg

@@ -1,6 +1,7 @@
 """The LoRA experiment configs: variants resolve, and the 8B adapter size matches the hand count."""
 import importlib.util
 
+import jax
 import pytest
 from flax import nnx
 
@@ -42,3 +43,17 @@ def test_llama3_8b_lora_adapter_count_matches_hand_count():
   assert lora.state_bytes(adapters) == 4 * 41_943_040
   frozen = nnx.state(model, nnx.All(nnx.Param, nnx.Not(lora.LoRAParam)))
   assert lora.state_bytes(frozen) == 2 * 8_030_261_248  # the bf16 base
+
+
+def test_abstract_split_carries_shardings():
+  from jaxift.train import sharding
+  from jaxift.train.config import mesh_rules
+  c = _config("llama3_8b_lora_tpu", "model=/m,data=/d")
+  mesh = sharding.make_mesh((1, -1, 1))
+  hf = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,
+            num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+  _, adapters, frozen, _ = lora.abstract_split(c, hf, mesh, mesh_rules(c))
+  assert lora.count_params(adapters) == 2 * 16 * (2 * 128 + 2 * 96 + 3 * 192)
+  for leaf in jax.tree.leaves((adapters, frozen)):
+    assert leaf.sharding.mesh == mesh
+  assert {leaf.dtype.name for leaf in jax.tree.leaves(frozen)} >= {"bfloat16"}
