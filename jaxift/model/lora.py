@@ -152,7 +152,7 @@ _BASE_CLASSES = {v: k for k, v in _LORA_CLASSES.items()}
 
 # ---- applying, inspecting and merging -------------------------------------------------------------
 
-def _blocks(model) -> list[tuple[int | None, Any]]:
+def lora_blocks(model) -> list[tuple[int | None, Any]]:
   """[(layer index or None for a stacked block, Block)]."""
   if model.scan_layers:
     return [(None, model.layers)]
@@ -161,7 +161,7 @@ def _blocks(model) -> list[tuple[int | None, Any]]:
 
 def _kernel_paths(model) -> list[str]:
   paths = []
-  for layer, block in _blocks(model):
+  for layer, block in lora_blocks(model):
     prefix = "layers/" if layer is None else f"layers/{layer}/"
     for name, (part, _) in PROJECTIONS.items():
       if hasattr(getattr(block, part), f"{name}_kernel"):
@@ -170,14 +170,14 @@ def _kernel_paths(model) -> list[str]:
 
 
 def has_lora(model) -> bool:
-  return any(isinstance(getattr(b, p), tuple(_BASE_CLASSES)) for _, b in _blocks(model)
+  return any(isinstance(getattr(b, p), tuple(_BASE_CLASSES)) for _, b in lora_blocks(model)
              for p in ("attn", "mlp"))
 
 
 def lora_settings(model) -> dict[str, Any]:
   """rank, alpha, dropout and the targeted projections per layer ({layer: [names]})."""
   out: dict[str, Any] = {"targets": {}}
-  for layer, block in _blocks(model):
+  for layer, block in lora_blocks(model):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
       if isinstance(module, tuple(_BASE_CLASSES)):
@@ -239,7 +239,7 @@ def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> l
   num_layers = model.cfg.num_hidden_layers
 
   with nnx.use_eager_sharding(False):
-    for layer, block in _blocks(model):
+    for layer, block in lora_blocks(model):
       prefix = "layers/" if layer is None else f"layers/{layer}/"
       for part in ("attn", "mlp"):
         module = getattr(block, part)
@@ -300,7 +300,7 @@ def merge_lora(model, dtype=None):
   """
   merged = nnx.clone(model)  # new modules and variables (over the same arrays): model untouched
   dtype = jnp.dtype(dtype or merged.param_dtype)
-  for layer, block in _blocks(merged):
+  for layer, block in lora_blocks(merged):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
       if not isinstance(module, tuple(_BASE_CLASSES)):

@@ -26,6 +26,7 @@ from jaxift.model.config import ModelConfig
 
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+_to_host = hf._to_host  # pylint: disable=protected-access  (gathers shards across processes)
 # jaxift projection -> the HF module it adapts (Llama layout)
 HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.v_proj",
               "o": "self_attn.o_proj", "gate": "mlp.gate_proj", "up": "mlp.up_proj",
@@ -48,14 +49,14 @@ def peft_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:
   if not lora.has_lora(model):
     raise ValueError("the model has no LoRA adapters (apply_lora first)")
   out: dict[str, np.ndarray] = {}
-  for layer, block in lora._blocks(model):  # pylint: disable=protected-access
+  for layer, block in lora.lora_blocks(model):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
       if not isinstance(module, (lora.LoRAAttention, lora.LoRAMlp)):
         continue
       for name in module.lora_targets:
-        a = hf._to_host(getattr(module, f"{name}_lora_a")[...]).astype(np.float32)  # pylint: disable=protected-access
-        b = hf._to_host(getattr(module, f"{name}_lora_b")[...]).astype(np.float32)  # pylint: disable=protected-access
+        a = _to_host(getattr(module, f"{name}_lora_a")[...]).astype(np.float32)
+        b = _to_host(getattr(module, f"{name}_lora_b")[...]).astype(np.float32)
         stacked = layer is None
         layers = range(cfg.num_hidden_layers) if stacked else [layer]
         for i in layers:
@@ -164,7 +165,7 @@ def load_peft(model, cfg: ModelConfig, adapter_dir, *, mesh=None, rules=None) ->
       rank=int(config["r"]), alpha=float(config["lora_alpha"]),
       dropout=float(config.get("lora_dropout", 0.0)), target_regex=regex))
   paths = lora.apply_lora(model, lora_config, mesh=mesh, rules=rules)
-  for layer, block in lora._blocks(model):  # pylint: disable=protected-access
+  for layer, block in lora.lora_blocks(model):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
       for name in getattr(module, "lora_targets", ()):
