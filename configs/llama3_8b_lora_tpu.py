@@ -11,36 +11,18 @@ docs/benchmarks_lora.md), so a slice of 8 chips with 16 GB each holds the run.
 Variants: as llama3_8b_tpu (model, data, steps, batch, seq, tensor) plus rank, alpha, dropout,
 targets=all|attn|qv, runlocal.
 """
-import importlib.util
-import pathlib
-
 from jaxift.model import lora
-from jaxift.train.config import apply_runlocal, parse_arg
-
-TARGETS = {"all": lora.DEFAULT_TARGET_REGEX, "attn": r"attn/(q|k|v|o)_kernel$",
-           "qv": r"attn/(q|v)_kernel$"}
-
-
-def _sibling(name: str):
-  spec = importlib.util.spec_from_file_location(f"_jaxift_config_{name}",
-                                                pathlib.Path(__file__).with_name(f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from jaxift.train.config import apply_runlocal, load_sibling_config, parse_arg
 
 
 def get_config(arg: str | None = None):
   a = parse_arg(arg, model="", data="", steps=2000, batch=64, seq=4096, tensor=1, rank=16,
                 alpha=32.0, dropout=0.05, targets="all", runlocal=False)
-  if a.targets not in TARGETS:
-    raise ValueError(f"targets={a.targets!r}: expected one of {sorted(TARGETS)}")
   base_arg = (f"model={a.model},data={a.data},steps={a.steps},batch={a.batch},seq={a.seq},"
               f"tensor={a.tensor}")
-  c = _sibling("llama3_8b_tpu").get_config(base_arg)
+  c = load_sibling_config(__file__, "llama3_8b_tpu").get_config(base_arg)
   c.model.param_dtype = "bfloat16"  # the frozen base: read straight into bf16
-  c.lora.enabled = True
-  c.lora.rank, c.lora.alpha, c.lora.dropout = a.rank, a.alpha, a.dropout
-  c.lora.target_regex = TARGETS[a.targets]
+  lora.enable(c.lora, rank=a.rank, alpha=a.alpha, dropout=a.dropout, targets=a.targets)
   c.lora.base_dtype = "bfloat16"
   c.lora.param_dtype = "float32"  # adapters and their Adam moments stay float32
   c.optimizer.lr = 1e-4

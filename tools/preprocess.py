@@ -9,7 +9,6 @@ pipeline reads the output directly: data.train_files='OUT/*.arrayrecord'.
       --tokenizer=../shared/data/gpt2 --max_seq_length=1024 --output_dir=/tmp/ift
 """
 import argparse
-import collections
 import json
 import os
 import pathlib

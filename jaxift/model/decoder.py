@@ -88,6 +88,10 @@ class Attention(nnx.Module):
         q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
         kv_segment_ids_BxS=kv_segments, q_offset=offset,
         sliding_window=self.cfg.sliding_window, impl=self.impl)
+    return self._output(out_BxTxNxH)
+
+  def _output(self, out_BxTxNxH) -> jax.Array:
+    """The output projection (a hook: LoRA adds its `o` adapter here)."""
     y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
     if self.cfg.attention_out_bias:
       y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)

@@ -33,15 +33,16 @@ import ml_collections
 import numpy as np
 from flax import nnx
 
-from jaxift.model import attention as attention_lib
 from jaxift.model import decoder as decoder_lib
-from jaxift.model import layers as L
 from jaxift.train.sharding import DEFAULT_LOGICAL_RULES, named_sharding
 
 # projection -> (module attribute in a Block, number of leading input axes of its kernel)
 PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2),
                "gate": ("mlp", 1), "up": ("mlp", 1), "down": ("mlp", 1)}
 DEFAULT_TARGET_REGEX = r"(attn/(q|k|v|o)_kernel|mlp/(gate|up|down)_kernel)$"
+# Named target sets for config variants (`targets=attn`).
+TARGET_PRESETS = {"all": DEFAULT_TARGET_REGEX, "attn": r"attn/(q|k|v|o)_kernel$",
+                  "qv": r"attn/(q|v)_kernel$"}
 _PROJECTION_IDS = {name: i for i, name in enumerate(PROJECTIONS)}
 _DROPOUT_KEY: contextvars.ContextVar = contextvars.ContextVar("lora_dropout_key", default=None)
 
@@ -57,6 +58,16 @@ def default_lora_config() -> ml_collections.ConfigDict:
   c.base_dtype = ""  # '' keeps the base in config.model.param_dtype; 'bfloat16' halves its memory
   c.param_dtype = "float32"  # the adapters themselves
   return c
+
+
+def enable(c: ml_collections.ConfigDict, *, rank: int, alpha: float, dropout: float,
+           targets: str) -> None:
+  """Switches `config.lora` on with a named target set from TARGET_PRESETS (config variants)."""
+  if targets not in TARGET_PRESETS:
+    raise ValueError(f"targets={targets!r}: expected one of {sorted(TARGET_PRESETS)}")
+  c.enabled = True
+  c.rank, c.alpha, c.dropout = rank, alpha, dropout
+  c.target_regex = TARGET_PRESETS[targets]
 
 
 class LoRAParam(nnx.Param):
@@ -100,43 +111,13 @@ def _add_adapter(module, x: jax.Array, y: jax.Array, name: str) -> jax.Array:
 
 
 class LoRAAttention(decoder_lib.Attention):
-  """`Attention` with adapters on q/k/v (`_project`) and o (the output projection below)."""
+  """`Attention` with adapters on q/k/v (`_project`) and o (`_output`)."""
 
   def _project(self, x_BxTxD, name: str) -> jax.Array:
     return _add_adapter(self, x_BxTxD, super()._project(x_BxTxD, name), name)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
-    if "o" not in self.lora_targets:
-      return super().__call__(x_BxTxD, rope, segment_ids_BxT, kv)
-    # The o adapter needs the attention output, which Attention.__call__ keeps to itself: this is
-    # its body with the adapter added after the output projection (kept in step with decoder.py;
-    # the PEFT logit-parity test covers o).
-    q_BxTxNxH = self._project(x_BxTxD, "q")
-    k_BxTxKxH = self._project(x_BxTxD, "k")
-    v_BxTxKxH = self._project(x_BxTxD, "v")
-    if self.cfg.qk_norm:
-      q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
-    if rope is not None:
-      q_BxTxNxH = L.apply_rope(q_BxTxNxH, *rope)
-      k_BxTxKxH = L.apply_rope(k_BxTxKxH, *rope)
-    if kv is None:
-      keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
-    else:
-      layer, index = kv["layer"], kv["cache_index"]
-      start = (layer, 0, index, 0, 0)
-      kv["k"] = jax.lax.dynamic_update_slice(kv["k"], k_BxTxKxH[None].astype(kv["k"].dtype), start)
-      kv["v"] = jax.lax.dynamic_update_slice(kv["v"], v_BxTxKxH[None].astype(kv["v"].dtype), start)
-      keys = jax.lax.dynamic_index_in_dim(kv["k"], layer, 0, keepdims=False).astype(self.dtype)
-      values = jax.lax.dynamic_index_in_dim(kv["v"], layer, 0, keepdims=False).astype(self.dtype)
-      kv_segments, offset = kv["segment_ids"], index
-    out_BxTxNxH = attention_lib.attention(
-        q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
-        kv_segment_ids_BxS=kv_segments, q_offset=offset,
-        sliding_window=self.cfg.sliding_window, impl=self.impl)
-    y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
-    if self.cfg.attention_out_bias:
-      y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)
-    return _add_adapter(self, out_BxTxNxH, y_BxTxD, "o")
+  def _output(self, out_BxTxNxH) -> jax.Array:
+    return _add_adapter(self, out_BxTxNxH, super()._output(out_BxTxNxH), "o")
 
 
 class LoRAMlp(decoder_lib.Mlp):

@@ -4,6 +4,8 @@ Variants after ':' in `--config=configs/x.py:key=value,key2=value2` reach `get_c
 `parse_arg` turns them into a dict, `apply_runlocal` is big_vision's `runlocal` shrink for a quick
 debugging run on one machine.
 """
+import importlib.util
+import pathlib
 from typing import Any
 
 import ml_collections
@@ -89,6 +91,16 @@ def mesh_rules(config: ml_collections.ConfigDict) -> tuple:
   """config.mesh.rules as hashable tuples (a JSON round trip turns them into lists)."""
   return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
                for name, t in config.mesh.rules)
+
+
+def load_sibling_config(config_file: str, name: str):
+  """The module of `configs/<name>.py` beside `config_file`, for configs that extend another one
+  (config files are loaded by path, not as a package)."""
+  path = pathlib.Path(config_file).with_name(f"{name}.py")
+  spec = importlib.util.spec_from_file_location(f"_jaxift_config_{name}", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:

@@ -40,8 +40,6 @@ def smollm2_torch(smollm2_gguf):
 def full_forward_logits(model, seq: list[int], length: int = 32):
   """Uncached logits [len(seq), V] of one sequence (right-padded with segment 0 to `length`, so
   one jitted compilation serves every call): the reference the cached paths are checked against."""
-  import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import nnx
   assert len(seq) <= length

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from jaxift.data import sources, tokenize
+from jaxift.data import sources
 from jaxift.infer import evaluate as ev
 from jaxift.infer import judge, metrics
 from tests.infer.judge_server import judge_server

@@ -1,7 +1,5 @@
 """Subprocess runs: the entry point end to end, SIGTERM, 8 fake devices, two processes (gloo)."""
 import json
-import pathlib
-import shutil
 import signal
 import socket
 import subprocess

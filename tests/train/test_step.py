@@ -1,6 +1,5 @@
 """The train/eval steps: accumulation equals one big batch; batching layout does not change loss."""
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest

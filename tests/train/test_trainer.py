@@ -93,7 +93,7 @@ def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path):
     c.optimizer.lr = 1e-2
     return c
 
-  straight = train_and_evaluate(lora_config(steps=3), str(tmp_path / "straight"))
+  train_and_evaluate(lora_config(steps=3), str(tmp_path / "straight"))
   c = lora_config(steps=3)
   c.train.stop_at_step = 1
   train_and_evaluate(c, str(tmp_path / "resumed"))
