@@ -7,7 +7,7 @@
 configs/llama3_8b_tpu.py's data, mesh and remat, but the base is frozen and held in bfloat16
 (16 GB instead of 32 GB, read straight into bf16: param_dtype), and only rank-16 adapters on every
 projection are trained: 42M parameters, 336 MB of f32 Adam moments instead of 64 GB (see
-docs/benchmarks_lora.md), so a slice of 8 chips with 16 GB each holds the run.
+docs/benchmarks.md), so a slice of 8 chips with 16 GB each holds the run.
 Variants: as llama3_8b_tpu (model, data, steps, batch, seq, tensor) plus rank, alpha, dropout,
 targets=all|attn|qv, runlocal.
 """

@@ -1,4 +1,4 @@
-"""Not a test: the ahead-of-time memory table of docs/benchmarks_lora.md (per device).
+"""Not a test: the ahead-of-time memory table of docs/benchmarks.md (per device).
 
   python tests/lora/bench_lora_memory.py SHAPE CHUNK full|lora [bfloat16]
   e.g.  python tests/lora/bench_lora_memory.py llama-3.1-8b 512 lora bfloat16

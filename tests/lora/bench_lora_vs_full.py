@@ -1,4 +1,4 @@
-"""Not a test: the LoRA-vs-full measurement in docs/benchmarks_lora.md.
+"""Not a test: the LoRA-vs-full measurement in docs/benchmarks.md.
 
   python tests/lora/bench_lora_vs_full.py --mode=full|lora [--steps=60] [--lr=...] [--rank=16]
 
