@@ -16,6 +16,7 @@ setuptools.setup(
         "array_record>=0.7,<0.10",
         "transformers>=4.50,<6",
         "tokenizers>=0.21,<1",
+        "jinja2>=3.1,<4",  # chat templates (transformers apply_chat_template); not pulled in without torch
         "ml_collections>=1.0,<2",
         "absl-py>=2.0,<3",
         "safetensors>=0.4,<1",
