@@ -11,6 +11,7 @@ restores onto another (a different device count or fsdp/tensor split).
 """
 import json
 import logging
+import os
 import tempfile
 from typing import Any
 
@@ -42,12 +43,20 @@ def _keep_policy(keep: int, keep_best: int):
   return ocp.checkpoint_managers.AnyPreservationPolicy(policies)
 
 
+def absolute(workdir: str | epath.Path) -> epath.Path:
+  """A local workdir made absolute (Orbax's TensorStore writer rejects relative paths); remote
+  paths such as gs://bucket/run are already absolute."""
+  if "://" in str(workdir):
+    return epath.Path(workdir)
+  return epath.Path(os.path.abspath(os.fspath(workdir)))
+
+
 class Checkpointer:
   """One CheckpointManager for `workdir/checkpoints`: last `keep` plus `keep_best` best."""
 
   def __init__(self, workdir: str | epath.Path, *, keep: int = 2, keep_best: int = 1,
                async_save: bool = True, read_only: bool = False):
-    self.directory = epath.Path(workdir) / "checkpoints"
+    self.directory = absolute(workdir) / "checkpoints"
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_keep_policy(keep, keep_best),
         best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",

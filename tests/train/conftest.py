@@ -82,8 +82,8 @@ def subprocess_env(**extra: str) -> dict[str, str]:
   return env
 
 
-def run(cmd: list[str], timeout: int = 300, **env: str) -> subprocess.CompletedProcess:
-  proc = subprocess.run(cmd, cwd=REPO_ROOT, env=subprocess_env(**env), capture_output=True,
+def run(cmd: list[str], timeout: int = 300, cwd=REPO_ROOT, **env: str) -> subprocess.CompletedProcess:
+  proc = subprocess.run(cmd, cwd=cwd, env=subprocess_env(**env), capture_output=True,
                         text=True, timeout=timeout)
   assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc

@@ -25,7 +25,9 @@ def _final(stdout: str) -> dict:
 
 
 def test_main_one_step_end_to_end(gpt2_dir, tmp_path):
-  proc = run(tiny_cli_args(gpt2_dir, tmp_path, steps=1))
+  # A relative --workdir, as the README types it (Orbax itself wants absolute paths).
+  proc = run(tiny_cli_args(gpt2_dir, "runs/one", steps=1), cwd=tmp_path)
+  tmp_path = tmp_path / "runs" / "one"
   final = _final(proc.stdout)
   assert final["step"] == 1
   assert 0 < train_records(tmp_path)[1] < 20
