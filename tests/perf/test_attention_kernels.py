@@ -118,7 +118,7 @@ def test_right_padded_detection_for_cudnn():
 
 def test_explicit_unavailable_kernel_is_an_error():
   if kernels.backend_name() != "cpu":
-    pytest.skip("checks the CPU backend's refusals")
+    pytest.skip("running on a GPU/TPU backend: this checks the CPU backend's refusals")
   for name, needs in (("cudnn", "NVIDIA GPU"), ("splash", "TPU")):
     with pytest.raises(NotImplementedError, match=f"{name}.*not available.*cpu.*{needs}"):
       attention_lib.resolve_impl(name)
@@ -130,7 +130,7 @@ def test_explicit_unavailable_kernel_is_an_error():
 
 def test_auto_on_cpu_is_xla_and_equal():
   if kernels.backend_name() != "cpu":
-    pytest.skip("checks the CPU backend's choice")
+    pytest.skip("running on a GPU/TPU backend: this checks the CPU backend's choice")
   assert attention_lib.auto_kernel() == "xla"
   q = jnp.ones((1, 8, 4, 8))
   k = jnp.ones((1, 8, 2, 8))
