@@ -80,22 +80,21 @@ def count_letter(rng):
   return ins, inp, str(word.count(letter))
 
 
-def first_word(rng):
+def _edge_word(rng, which: str, index: int):
   p = _phrase(rng, 3, 5)
-  ins, inp = _pick(rng, ['What is the first word of the text?', 'Give the first word.',
-                         'Which word comes first in this phrase?'],
-                   ['What is the first word of: {x}', 'Give the first word of "{x}".',
-                    'Name the first word in: {x}'], p)
-  return ins, inp, p.split()[0]
+  ins, inp = _pick(rng, [f'What is the {which} word of the text?', f'Give the {which} word.',
+                         f'Which word comes {which} in this phrase?'],
+                   [f'What is the {which} word of: {{x}}', f'Give the {which} word of "{{x}}".',
+                    f'Name the {which} word in: {{x}}'], p)
+  return ins, inp, p.split()[index]
+
+
+def first_word(rng):
+  return _edge_word(rng, 'first', 0)
 
 
 def last_word(rng):
-  p = _phrase(rng, 3, 5)
-  ins, inp = _pick(rng, ['What is the last word of the text?', 'Give the last word.',
-                         'Which word comes last in this phrase?'],
-                   ['What is the last word of: {x}', 'Give the last word of "{x}".',
-                    'Name the last word in: {x}'], p)
-  return ins, inp, p.split()[-1]
+  return _edge_word(rng, 'last', -1)
 
 
 def repeat_word(rng):
