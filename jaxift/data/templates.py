@@ -7,6 +7,7 @@ tokenizer's own chat_template), user format strings such as 'Q: {instruction}\nA
 mixtures (a list; one template drawn per example, deterministically from its text and a seed).
 """
 import dataclasses
+import functools
 import json
 import string
 import zlib
@@ -43,6 +44,13 @@ def parse_template(spec: Any) -> list[str]:
   for s in specs:
     if not isinstance(s, str):
       raise ValueError(f'data.template entries must be strings, got {s!r}')
+  return list(_validated(tuple(specs)))
+
+
+@functools.lru_cache(maxsize=64)
+def _validated(specs: tuple[str, ...]) -> tuple[str, ...]:
+  # Cached: the per-example map asks for the same few specs once per example.
+  for s in specs:
     if '{' in s:
       _check_format_string(s)
     elif s not in NAMES:
