@@ -7,6 +7,10 @@
 from collections.abc import Sequence
 from typing import Any
 
+import matplotlib.pyplot as plt
+
+from jaxift import workdir as workdir_lib
+from jaxift.data import tokenize
 from jaxift.infer import sampler
 
 
@@ -16,10 +20,8 @@ def load_checkpoint(workdir: str, step: str | int = "best") -> tuple[Any, Any, A
   'best' is the lowest validation loss among kept checkpoints; a run without validation has no
   best, so ask for 'latest' there. Errors name the workdir and the steps it holds.
   """
-  from jaxift.infer.evaluate import resolve_checkpoint_step
-  from jaxift.train.checkpoint import load_for_inference
-  resolved = resolve_checkpoint_step(workdir, step)
-  return load_for_inference(workdir, step=resolved)
+  resolved = workdir_lib.resolve_checkpoint_step(workdir, step)
+  return workdir_lib.load_for_inference(workdir, step=resolved)
 
 
 def generate(model, tokenizer, prompts: Sequence[str | Sequence[int] | dict], *, config=None,
@@ -31,17 +33,13 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int] | dict], *,
 
   Stops on EOS, the tokenizer's end-of-turn tokens and, with `config`, the template's end tokens.
   """
-  stop_ids = set(sampler.default_stop_token_ids(tokenizer))
+  stop_ids = tokenize.stop_token_ids(tokenizer, None if config is None else config.data)
   token_prompts = []
-  if config is not None:
-    from jaxift.data import tokenize
-    stop_ids |= set(tokenize.end_token_ids(config.data, tokenizer))
   for i, prompt in enumerate(prompts):
     if isinstance(prompt, dict):
       if config is None:
         raise ValueError(f"prompt {i} is a record; pass config= (from load_checkpoint) so it is "
                          "templated as in training")
-      from jaxift.data import tokenize
       # prompt_tokens needs a (non-empty) response to parse the record; only the prompt is used.
       record = {"output": "-", **prompt} if "instruction" in prompt else prompt
       token_prompts.append(tokenize.prompt_tokens(record, config.data, tokenizer))
@@ -49,16 +47,14 @@ def generate(model, tokenizer, prompts: Sequence[str | Sequence[int] | dict], *,
       token_prompts.append(prompt)
   return sampler.generate(model, tokenizer, token_prompts, max_new_tokens=max_new_tokens,
                           temperature=temperature, top_k=top_k, top_p=top_p,
-                          stop_token_ids=sorted(stop_ids), stop_strings=stop_strings, seed=seed,
+                          stop_token_ids=stop_ids, stop_strings=stop_strings, seed=seed,
                           batch_size=batch_size)
 
 
 def plot_metrics(workdir: str, metric: str = "loss", ax=None):
   """Train and validation `metric` against the step from `workdir/metrics.jsonl` (as the seeds
   plot their loss curves); returns the matplotlib Figure."""
-  import matplotlib.pyplot as plt
-  from jaxift.train.metrics import read_metrics
-  rows = read_metrics(workdir)
+  rows = workdir_lib.read_metrics(workdir)
   if ax is None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
   else:

@@ -13,6 +13,8 @@ from absl import logging
 import jax
 from ml_collections import config_flags
 
+from jaxift.train.trainer import train_and_evaluate
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config file, e.g. configs/quickstart.py or configs/x.py:key=value.",
     lock_config=True)
@@ -58,7 +60,6 @@ def main(argv) -> None:
   _maybe_initialize_distributed()
   logging.info("process %d of %d, devices: %s", jax.process_index(), jax.process_count(),
                jax.devices())
-  from jaxift.train.trainer import train_and_evaluate  # pylint: disable=g-import-not-at-top
   results = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
   if jax.process_index() == 0:
     print(json.dumps({"final": results}, default=str), flush=True)

@@ -1,6 +1,8 @@
 """The Grain input pipeline: records -> per-process shard -> shuffle (per epoch) -> tokenize+mask ->
 filter (counted) -> pad / bucket / pack -> batch -> prefetch. Iterators are checkpointable."""
+import atexit
 from typing import Any
+import weakref
 
 from absl import flags
 import grain
@@ -75,12 +77,28 @@ class CountDrops:
     return False
 
 
+# Iterators not yet closed. Every Grain iterator closes itself in `__del__`; for one still alive at
+# exit that runs during interpreter teardown, after modules such as `queue` are gone, and prints
+# "AttributeError: 'NoneType' object has no attribute 'Empty'". An atexit hook (which runs before
+# teardown) closes them and drops their Grain iterators, whose `__del__` then runs while
+# everything still exists.
+_OPEN_ITERATORS: 'weakref.WeakSet[DataIterator]' = weakref.WeakSet()
+
+
+@atexit.register
+def _release_open_iterators() -> None:
+  for iterator in list(_OPEN_ITERATORS):
+    iterator.close()
+    iterator._parents = ()  # pylint: disable=protected-access
+
+
 class DataIterator(grain.DatasetIterator):
   """The pipeline's Grain iterator, plus `stats` (DropStats of the examples this iterator saw)."""
 
   def __init__(self, parent: grain.DatasetIterator, stats: DropStats):
     super().__init__(parent)
     self.stats = stats
+    _OPEN_ITERATORS.add(self)
 
   def __next__(self) -> dict[str, np.ndarray]:
     return next(self._parent)
@@ -92,6 +110,9 @@ class DataIterator(grain.DatasetIterator):
     self._parent.set_state(state)
 
   def close(self) -> None:
+    _OPEN_ITERATORS.discard(self)
+    if not self._parents:  # released at exit
+      return
     try:
       self._parent.close()
     except (AttributeError, TypeError):  # at interpreter exit Grain's modules may be gone already

@@ -168,6 +168,16 @@ def end_token_ids(cfg, tokenizer) -> list[int]:
   return sorted(ids)
 
 
+def stop_token_ids(tokenizer, cfg=None) -> list[int]:
+  """The one stop-token rule of generation: EOS plus every end-of-turn token the tokenizer has as a
+  single token (`<|im_end|>`, `<|eot_id|>`, ...), plus, given a data config, the tokens that end a
+  response under its template(s) -- so a model stops exactly where its training responses ended."""
+  ids = set(tokenizer_info(tokenizer).end_ids)
+  if cfg is not None:
+    ids |= set(end_token_ids(cfg, tokenizer))
+  return sorted(ids)
+
+
 def response_text(record: dict, cfg) -> str:
   """The reference answer of a record (its last trained turn), for exact-match evaluation."""
   conv = formats.to_conversation(record, cfg)

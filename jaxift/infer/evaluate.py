@@ -5,89 +5,68 @@ Everything lands in one output folder (default `WORKDIR/eval/step_<N>/`):
                     exact_match, rouge_l, judge_score, judge_answer when a judge ran)
   multiple_choice.jsonl   per-question log-likelihoods and predictions (with --multiple_choice)
   summary.json      every number of the summary table
-Files are written to a temporary name, then renamed, so nothing is ever half-written.
+Files are written to a temporary name, then renamed, so nothing is ever half-written; every path
+goes through etils.epath, so a gs:// workdir's results land in the bucket.
 """
 import functools
 import json
-import math
-import os
-import pathlib
-import tempfile
 from collections.abc import Sequence
 from typing import Any
 
+from etils import epath
 import jax
 from flax import nnx
 
+from jaxift import fileio
+from jaxift import workdir as workdir_lib
+from jaxift.data import pipeline, sources, tokenize
 from jaxift.infer import judge as judge_lib
 from jaxift.infer import metrics, multiple_choice, sampler
+from jaxift.model import loss as loss_lib
 
 
 # ------------------------------------------------------------------------------------------- files
-def write_text_atomic(path: str | pathlib.Path, text: str) -> None:
-  path = pathlib.Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-  try:
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    pathlib.Path(tmp).unlink(missing_ok=True)
-    raise
+def write_jsonl(path: str | epath.Path, rows: Sequence[dict]) -> None:
+  fileio.write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def write_jsonl(path: str | pathlib.Path, rows: Sequence[dict]) -> None:
-  write_text_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-
-
-def read_jsonl(path: str | pathlib.Path) -> list[dict]:
-  with open(path, encoding="utf-8") as f:
-    return [json.loads(line) for line in f if line.strip()]
+def read_jsonl(path: str | epath.Path) -> list[dict]:
+  return [json.loads(line) for line in epath.Path(path).read_text(encoding="utf-8").splitlines()
+          if line.strip()]
 
 
 # -------------------------------------------------------------------------------------- test loss
 @functools.lru_cache(maxsize=8)
-def _make_loss_fn(graphdef):
-  from jaxift.train.loss import loss_sums
-
+def _make_sums_fn(graphdef):
   @jax.jit
-  def fn(state, inputs, targets, weights, positions, segment_ids):
-    logits = nnx.merge(graphdef, state)(inputs, positions, segment_ids)
-    sums = loss_sums(logits, targets, weights)
-    return sums["ce_sum"], sums["weight_sum"]
-
+  def fn(state, batch):
+    return loss_lib.forward_sums(nnx.merge(graphdef, state), batch)
   return fn
 
 
 def test_loss(model: nnx.Module, tokenizer, config, *, batch_size: int = 8,
               max_batches: int | None = None) -> dict[str, float]:
   """Token-weighted cross entropy over the whole test split: sum(w * CE) / sum(w), and exp of it."""
-  from jaxift.data import pipeline
   iterator = pipeline.make_iterator(config.data, tokenizer, split="test", batch_size=batch_size,
                                     shard_index=0, shard_count=1, seed=0, num_epochs=1)
   graphdef, state = nnx.split(model)
-  loss_fn = _make_loss_fn(graphdef)
-  ce_total, weight_total, batches = 0.0, 0.0, 0
-  for batch in iterator:
-    ce, weight = loss_fn(state, batch["inputs"], batch["targets"], batch["weights"],
-                         batch["positions"], batch["segment_ids"])
-    ce_total += float(ce)
-    weight_total += float(weight)
-    batches += 1
+  sums_fn = _make_sums_fn(graphdef)
+  totals = None
+  for batches, batch in enumerate(iterator, start=1):
+    sums = sums_fn(state, dict(batch))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
     if max_batches and batches >= max_batches:
       break
-  if weight_total == 0:
+  if totals is None or float(totals["weight_sum"]) == 0:
     raise ValueError("the test split has no trained tokens: cannot compute a test loss")
-  loss = ce_total / weight_total
-  return {"test_loss": loss, "test_perplexity": math.exp(min(loss, 700.0)),
-          "test_tokens": int(weight_total)}
+  summary = loss_lib.summarize(jax.device_get(totals))
+  return {"test_loss": summary["loss"], "test_perplexity": summary["perplexity"],
+          "test_tokens": int(summary["trained_tokens"])}
 
 
 # ------------------------------------------------------------------------------------- responses
 def entry_fields(record: dict, config, tokenizer, prompt: list[int]) -> dict[str, str]:
   """instruction/input/reference of a record (Alpaca fields when present, else the prompt text)."""
-  from jaxift.data import tokenize
   if "instruction" in record:
     instruction, input_text = str(record["instruction"]), str(record.get("input", "") or "")
   else:
@@ -101,10 +80,8 @@ def generate_responses(model: nnx.Module, tokenizer, config, records: Sequence[d
                        top_k: int = 0, top_p: float = 1.0, seed: int = 0,
                        stop_strings: Sequence[str] | None = None) -> list[dict]:
   """[{instruction, input, reference, response}] for `records`, prompted exactly as in training."""
-  from jaxift.data import tokenize
   prompts = [tokenize.prompt_tokens(r, config.data, tokenizer) for r in records]
-  stop_ids = sorted(set(tokenize.end_token_ids(config.data, tokenizer))
-                    | set(sampler.default_stop_token_ids(tokenizer)))
+  stop_ids = tokenize.stop_token_ids(tokenizer, config.data)
   responses = sampler.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p,
                                stop_token_ids=stop_ids, stop_strings=stop_strings, seed=seed,
@@ -155,7 +132,6 @@ def run_multiple_choice(model, tokenizer, config, path, *, prompt: str = "plain"
     return multiple_choice.evaluate_multiple_choice(model, tokenizer, path, batch_size=batch_size)
   if prompt != "template":
     raise ValueError(f"multiple_choice_prompt={prompt!r}; expected 'plain' or 'template'")
-  from jaxift.data import tokenize
   to_tokens = lambda q: tokenize.prompt_tokens(
       {"instruction": q["question"], "input": "", "output": q["choices"][0]}, config.data,
       tokenizer)
@@ -175,39 +151,22 @@ def format_summary(summary: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
-def resolve_checkpoint_step(workdir: str | pathlib.Path, step: str | int) -> int:
-  """The integer step 'latest'/'best'/N names; FileNotFoundError naming what the workdir holds."""
-  from jaxift.train import checkpoint
-  from etils import epath
-  workdir = epath.Path(workdir)
-  if not (workdir / "checkpoints").exists():
-    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/checkpoints/<step>/ "
-                            "written by training)")
-  checkpointer = checkpoint.Checkpointer(workdir, read_only=True, async_save=False)
-  try:
-    return checkpoint.resolve_step(checkpointer, step, workdir)
-  finally:
-    checkpointer.close()
-
-
-def evaluate(workdir: str | pathlib.Path, *, step: str | int = "latest",
-             output_dir: str | pathlib.Path | None = None, max_examples: int | None = None,
+def evaluate(workdir: str | epath.Path, *, step: str | int = "latest",
+             output_dir: str | epath.Path | None = None, max_examples: int | None = None,
              max_new_tokens: int = 256, batch_size: int = 8, temperature: float = 0.0,
              top_k: int = 0, top_p: float = 1.0, seed: int = 0,
              stop_strings: Sequence[str] | None = None, compute_loss: bool = True,
              judge: judge_lib.JudgeClient | None = None,
-             multiple_choice_file: str | pathlib.Path | None = None,
+             multiple_choice_file: str | epath.Path | None = None,
              multiple_choice_prompt: str = "plain", print_fn=print) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir`; returns the summary (also saved as summary.json).
 
   Raises judge.JudgeUnreachableError AFTER writing every file when the judge stopped answering
   (responses.jsonl then holds the judge scores obtained so far).
   """
-  from jaxift.data import sources
-  from jaxift.train import checkpoint
-  resolved = resolve_checkpoint_step(workdir, step)
-  model, tokenizer, config = checkpoint.load_for_inference(workdir, step=resolved)
-  out = pathlib.Path(output_dir) if output_dir else pathlib.Path(workdir) / "eval" / f"step_{resolved}"
+  resolved = workdir_lib.resolve_checkpoint_step(workdir, step)
+  model, tokenizer, config = workdir_lib.load_for_inference(workdir, step=resolved)
+  out = epath.Path(output_dir) if output_dir else workdir_lib.eval_dir(workdir, resolved)
   summary: dict[str, Any] = {"workdir": str(workdir), "step": resolved}
   if compute_loss:
     summary.update(test_loss(model, tokenizer, config, batch_size=batch_size))
@@ -226,7 +185,7 @@ def evaluate(workdir: str | pathlib.Path, *, step: str | int = "latest",
                              prompt=multiple_choice_prompt, batch_size=batch_size)
     write_jsonl(out / "multiple_choice.jsonl", mc.pop("per_question"))
     summary.update({f"mc_{k}": v for k, v in mc.items()})
-  write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
+  fileio.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
   summary["output_dir"] = str(out)
   print_fn(format_summary(summary))
   if summary.get("judge_error"):

@@ -22,6 +22,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxift.infer.sampler import encode_prompt
+
 # (context tokens, continuation tokens) pairs -> summed log-likelihood of each continuation.
 LoglikelihoodFn = Callable[[Sequence[tuple[list[int], list[int]]]], list[float]]
 
@@ -165,7 +167,6 @@ def evaluate_multiple_choice(model: nnx.Module, tokenizer, questions_path: str |
   """Accuracy of `model` on a question file. Default prompt: 'Question: ...\\nAnswer:' and each
   choice as `choice_prefix + choice`; pass `prompt_tokens_fn` (and choice_prefix='') to use the
   training template instead."""
-  from jaxift.infer.sampler import encode_prompt
   questions = load_questions(questions_path)
   prompt_tokens_fn = prompt_tokens_fn or (lambda q: encode_prompt(tokenizer, plain_prompt(q)))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0

@@ -19,22 +19,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxift.data import tokenize
 from jaxift.infer import sampling
-
-# End-of-turn markers of common chat templates; whichever the tokenizer knows become stop tokens.
-END_OF_TURN_TOKENS = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>",
-                      "<|end_of_text|>", "</s>")
-
-
-def default_stop_token_ids(tokenizer) -> list[int]:
-  """EOS plus every end-of-turn token in the tokenizer's vocabulary (e.g. `<|im_end|>`)."""
-  ids = []
-  eos = getattr(tokenizer, "eos_token_id", None)
-  ids += list(eos) if isinstance(eos, (list, tuple)) else ([eos] if eos is not None else [])
-  vocab = tokenizer.get_vocab()
-  ids += [vocab[t] for t in END_OF_TURN_TOKENS if t in vocab]
-  return sorted(set(int(i) for i in ids))
-
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,14 +151,14 @@ def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Seq
              batch_size: int | None = None) -> list[str]:
   """Responses to `prompts` (token id lists from `tokenize.prompt_tokens`, or templated strings).
 
-  Stops on `stop_token_ids` (default: EOS and the template's end-of-turn tokens the tokenizer
-  knows) during decoding; `stop_strings` are cut from the decoded text afterwards. `batch_size`
+  Stops on `stop_token_ids` (default: `tokenize.stop_token_ids(tokenizer)`, EOS and the
+  end-of-turn tokens the tokenizer knows) during decoding; `stop_strings` are cut from the decoded text afterwards. `batch_size`
   splits long prompt lists into batches (None = all at once).
   """
   token_prompts = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p)
                    for p in prompts]
   if stop_token_ids is None:
-    stop_token_ids = default_stop_token_ids(tokenizer)
+    stop_token_ids = tokenize.stop_token_ids(tokenizer)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   batch_size = batch_size or max(len(token_prompts), 1)
   texts = []

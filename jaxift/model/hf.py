@@ -10,6 +10,7 @@ import tempfile
 from typing import Any, Iterator
 
 import jax
+from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import ml_dtypes  # noqa: F401  (registers bfloat16 with numpy, which safetensors' numpy reader needs)
 import numpy as np
@@ -112,7 +113,6 @@ def open_hf_dir(directory: pathlib.Path) -> tuple[ModelConfig, SafetensorsSource
 def _to_host(value: jax.Array) -> np.ndarray:
   """The full array on this host (gathers shards across processes when needed)."""
   if isinstance(value, jax.Array) and not value.is_fully_addressable:
-    from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
     return np.asarray(multihost_utils.process_allgather(value, tiled=True))
   return np.asarray(jax.device_get(value))
 

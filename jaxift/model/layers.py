@@ -1,7 +1,7 @@
 """Small building blocks: parameters with logical axes, norms, rotary embeddings, activations.
 
 Every parameter carries its logical axis names in the `out_sharding` metadata (flax>=0.12), so
-`nnx.get_partition_spec(state)` gives logical specs that `jaxift.train.sharding` maps to a mesh.
+`nnx.get_partition_spec(state)` gives logical specs that `jaxift.model.sharding` maps to a mesh.
 """
 import math
 from typing import Callable, Sequence

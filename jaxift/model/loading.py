@@ -10,14 +10,17 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxift.model import gguf as gguf_lib
+from jaxift.model import hf
 from jaxift.model import weights
-from jaxift.model.config import ModelConfig
+from jaxift.model.config import ModelConfig, default_model_config
 from jaxift.model.decoder import Decoder
-from jaxift.train.sharding import DEFAULT_LOGICAL_RULES, named_sharding
+from jaxift.model.sharding import DEFAULT_LOGICAL_RULES, named_sharding
 
 
 def module_options(model_config) -> dict[str, Any]:
@@ -31,8 +34,6 @@ def module_options(model_config) -> dict[str, Any]:
 
 def open_checkpoint(path: str):
   """(ModelConfig, tensor source) for an HF directory, a .gguf file or a hub id."""
-  from jaxift.model import gguf as gguf_lib  # pylint: disable=import-outside-toplevel
-  from jaxift.model import hf  # pylint: disable=import-outside-toplevel
   local = hf.resolve_path(str(path))
   if local.is_file():
     if local.suffix != ".gguf":
@@ -156,9 +157,31 @@ def build_model(model_config, *, mesh: Mesh | None = None, rules=None,
   return init_random(cfg, options, mesh=mesh, rules=rules, seed=seed), cfg
 
 
+def abstract_model(model_config: ml_collections.ConfigDict, hf_dict: dict, mesh: Any, rules: Any):
+  """(graphdef, abstract params with target shardings, rest, ModelConfig), reading no weights."""
+  cfg = ModelConfig.from_hf_dict(hf_dict)
+  options = module_options(model_config)
+  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), **options))
+  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
+  if jax.tree.leaves(rest):
+    raise ValueError("the decoder holds non-parameter state; it cannot be rebuilt abstractly")
+  return graphdef, with_target_shardings(params, mesh, rules), rest, cfg
+
+
+def with_target_shardings(abstract_state, mesh: Mesh | None, rules) -> Any:
+  """ShapeDtypeStructs of an abstract nnx State carrying the shardings its logical axes get on
+  `mesh` (the default device without a mesh): targets for a restore or an AOT compile."""
+  leaves, treedef = jax.tree.flatten(abstract_state)
+  if mesh is not None:
+    shardings = jax.tree.leaves(state_shardings(abstract_state, mesh, rules))
+  else:
+    shardings = [jax.sharding.SingleDeviceSharding(jax.devices()[0])] * len(leaves)
+  return jax.tree.unflatten(treedef, [
+      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings)])
+
+
 def load_model(path: str | pathlib.Path, *, mesh=None, rules=None, **options) -> tuple[Decoder, ModelConfig]:
   """Convenience: `load_model('dir_or.gguf', dtype='bfloat16', scan_layers=True)`."""
-  from jaxift.model.config import default_model_config  # pylint: disable=import-outside-toplevel
   model_config = default_model_config()
   model_config.path = str(path)
   model_config.update(options)

@@ -12,7 +12,7 @@
 
 A is uniform(+-1/sqrt(fan_in)) (PEFT's kaiming_uniform(a=sqrt(5))), B is zero: the model starts
 exactly equal to the base. Adapters carry logical axes (`lora_rank` plus the base weight's own
-names, `layers` first when stacked), so `jaxift.train.sharding` shards them like the base.
+names, `layers` first when stacked), so `jaxift.model.sharding` shards them like the base.
 `nnx.split(model, LoRAParam, ...)` separates the trainable adapters from the frozen rest.
 
 The adapter is computed on the input path (not by merging W + AB each step) so the backward pass
@@ -34,7 +34,9 @@ import numpy as np
 from flax import nnx
 
 from jaxift.model import decoder as decoder_lib
-from jaxift.train.sharding import DEFAULT_LOGICAL_RULES, named_sharding
+from jaxift.model import loading
+from jaxift.model.config import ModelConfig
+from jaxift.model.sharding import DEFAULT_LOGICAL_RULES, named_sharding
 
 # projection -> (module attribute in a Block, number of leading input axes of its kernel)
 PROJECTIONS = {"q": ("attn", 1), "k": ("attn", 1), "v": ("attn", 1), "o": ("attn", 2),
@@ -336,8 +338,7 @@ def build_model(config, *, mesh=None, rules=None, seed: int = 0):
   The base comes from `config.model.path` (or `hf_config` + seed), so a LoRA checkpoint needs only
   the adapters: resuming and `load_for_inference` rebuild the base from this same reference.
   """
-  from jaxift.model.loading import build_model as build_base  # pylint: disable=import-outside-toplevel
-  model, cfg = build_base(config.model, mesh=mesh, rules=rules, seed=seed)
+  model, cfg = loading.build_model(config.model, mesh=mesh, rules=rules, seed=seed)
   if enabled(config):
     apply_lora(model, config.lora, mesh=mesh, rules=rules, seed=seed)
   return model, cfg
@@ -353,15 +354,8 @@ def base_reference(config) -> dict[str, Any]:
 def abstract_split(config, hf_dict: dict, mesh, rules):
   """(graphdef, adapters, frozen, ModelConfig) of a LoRA config as ShapeDtypeStructs carrying
   their target shardings: what the trainer would hold, for ahead-of-time compilation (sizing)."""
-  from jaxift.model.config import ModelConfig  # pylint: disable=import-outside-toplevel
-  from jaxift.model.loading import module_options, state_shardings  # pylint: disable=import-outside-toplevel
   cfg = ModelConfig.from_hf_dict(hf_dict)
-  abstract = abstract_lora_model(cfg, config.lora, **module_options(config.model))
+  abstract = abstract_lora_model(cfg, config.lora, **loading.module_options(config.model))
   graphdef, adapters, frozen = nnx.split(abstract, LoRAParam, ...)
-
-  def with_shardings(state):
-    leaves, treedef = jax.tree.flatten(state)
-    shardings = jax.tree.leaves(state_shardings(state, mesh, rules))
-    return jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-                                        for x, s in zip(leaves, shardings)])
-  return graphdef, with_shardings(adapters), with_shardings(frozen), cfg
+  return (graphdef, loading.with_target_shardings(adapters, mesh, rules),
+          loading.with_target_shardings(frozen, mesh, rules), cfg)

@@ -18,7 +18,8 @@ import tempfile
 
 import jax
 import numpy as np
-from safetensors.numpy import save_file
+import ml_collections
+from safetensors.numpy import load_file, save_file
 
 from jaxift.model import hf
 from jaxift.model import lora
@@ -126,8 +127,6 @@ _UNSUPPORTED = {"use_dora": False, "use_rslora": False, "fan_in_fan_out": False,
 
 def load_peft(model, cfg: ModelConfig, adapter_dir, *, mesh=None, rules=None) -> list[str]:
   """Adds the adapters of a PEFT LoRA directory to `model` (in place); returns the target paths."""
-  import ml_collections  # pylint: disable=import-outside-toplevel
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   adapter_dir = pathlib.Path(adapter_dir)
   config_file, weights_file = adapter_dir / ADAPTER_CONFIG, adapter_dir / ADAPTER_WEIGHTS
   for f in (config_file, weights_file):

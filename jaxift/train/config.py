@@ -10,17 +10,16 @@ from typing import Any
 
 import ml_collections
 
-from jaxift.train import sharding
+from jaxift.data.config import default_data_config
+from jaxift.model import sharding
+from jaxift.model.config import default_model_config
+from jaxift.model.lora import default_lora_config
 
 
 def base_config() -> ml_collections.ConfigDict:
-  from jaxift.data.config import default_data_config  # pylint: disable=g-import-not-at-top
-  from jaxift.model.config import default_model_config  # pylint: disable=g-import-not-at-top
-
   c = ml_collections.ConfigDict()
   c.data = default_data_config()
   c.model = default_model_config()
-  from jaxift.model.lora import default_lora_config  # pylint: disable=g-import-not-at-top
   c.lora = default_lora_config()  # LoRA adapters instead of full fine-tuning (off by default)
 
   c.tokenizer = ml_collections.ConfigDict()
@@ -29,7 +28,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Mesh ("data", "fsdp", "tensor"); one -1 takes the remaining devices.
   c.mesh = ml_collections.ConfigDict()
   c.mesh.shape = (1, -1, 1)
-  # Logical axis name -> mesh axis (or None, replicated); see jaxift/train/sharding.py.
+  # Logical axis name -> mesh axis (or None, replicated); see jaxift/model/sharding.py.
   c.mesh.rules = tuple(sharding.DEFAULT_LOGICAL_RULES)
 
   c.optimizer = ml_collections.ConfigDict()
@@ -75,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.async_save = True
   c.checkpoint.save_data_iterator = True  # the Grain iterator state, for exact resume
 
+  # Evaluations the trainer runs: name -> registered type (jaxift/train/evals.py); '' = off.
+  c.evals = ml_collections.ConfigDict()
+  c.evals.validation = "validation_loss"  # every train.eval_every steps and at the end
+  c.evals.generation = "exact_match"  # before and after training, when eval.generate_examples > 0
+
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 0  # global rows per validation batch; 0 = train.global_batch_size
   c.eval.max_batches = 0  # 0 = the whole validation split
@@ -85,12 +89,6 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.generate_batch_size = 16
   c.eval.show_generations = 3
   return c
-
-
-def mesh_rules(config: ml_collections.ConfigDict) -> tuple:
-  """config.mesh.rules as hashable tuples (a JSON round trip turns them into lists)."""
-  return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
-               for name, t in config.mesh.rules)
 
 
 def load_sibling_config(config_file: str, name: str):

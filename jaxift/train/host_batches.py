@@ -8,6 +8,7 @@ feed all-padding batches to a process that ran out until every process has.
 from typing import Iterator
 
 import jax
+from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 import numpy as np
 
@@ -27,7 +28,6 @@ def empty_batch(rows: int, length: int) -> dict[str, np.ndarray]:
 
 
 def _allgather(values: np.ndarray) -> np.ndarray:
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
   return np.asarray(multihost_utils.process_allgather(values))
 
 

@@ -3,6 +3,11 @@
 Only process 0 writes. JSONL lines are `{"step": s, "split": "train"|"validation"|..., name: value}`.
 TensorBoard through tensorboardX (no TensorFlow). The console gets a tqdm progress bar whose
 postfix shows the latest training loss and learning rate.
+
+Object stores (gs://) cannot append, and rewriting the whole file per line is O(n^2) over a run:
+there the lines are buffered and each flush writes a NEW object under `metrics.jsonl.parts/`
+(every `flush_lines` lines or `flush_secs` seconds, and at close); `workdir.read_metrics` reads
+both forms.
 """
 import json
 import math
@@ -12,6 +17,11 @@ from typing import Any, Mapping
 from etils import epath
 import jax
 import numpy as np
+from tensorboardX import SummaryWriter
+import tqdm
+
+from jaxift import fileio
+from jaxift import workdir as workdir_lib
 
 
 def _plain(value: Any) -> Any:
@@ -25,24 +35,28 @@ class MetricWriter:
   """Writes metric dicts to JSONL, TensorBoard and a console progress bar."""
 
   def __init__(self, workdir: str | epath.Path, *, total_steps: int, initial_step: int = 0,
-               tensorboard: bool = True, progress_bar: bool = True):
+               tensorboard: bool = True, progress_bar: bool = True, flush_lines: int = 100,
+               flush_secs: float = 30.0):
     self.enabled = jax.process_index() == 0
     self.workdir = epath.Path(workdir)
-    self.jsonl_path = self.workdir / "metrics.jsonl"
-    self._remote_lines: list[str] | None = None
+    self.jsonl_path = workdir_lib.metrics_path(self.workdir)
+    self.remote = "://" in str(self.jsonl_path)
+    self._pending: list[str] = []  # remote only: lines not yet written
+    self._flush_lines, self._flush_secs = flush_lines, flush_secs
+    self._last_flush = time.monotonic()
     self._tb = None
     self._bar = None
     if not self.enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
-    if not _is_local(self.jsonl_path):  # object stores cannot append: keep lines, rewrite
-      self._remote_lines = (self.jsonl_path.read_text().splitlines(keepends=True)
-                            if self.jsonl_path.exists() else [])
+    if self.remote:
+      parts = workdir_lib.metrics_parts_dir(self.workdir)
+      parts.mkdir(parents=True, exist_ok=True)
+      existing = [int(p.stem) for p in parts.glob("*.jsonl") if p.stem.isdigit()]
+      self._next_part = max(existing, default=-1) + 1  # a resumed run continues the sequence
     if tensorboard:
-      from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
       self._tb = SummaryWriter(str(self.workdir / "tb"), flush_secs=30)
     if progress_bar:
-      import tqdm  # pylint: disable=g-import-not-at-top
       self._bar = tqdm.tqdm(total=total_steps, initial=initial_step, unit="step",
                             dynamic_ncols=True, mininterval=1.0)
 
@@ -52,12 +66,14 @@ class MetricWriter:
     record = {"step": int(step), "split": split}
     record.update({k: _plain(v) for k, v in metrics.items() if v is not None})
     line = json.dumps(record, allow_nan=True) + "\n"
-    if self._remote_lines is None:
+    if not self.remote:
       with open(self.jsonl_path, "a") as f:
         f.write(line)
     else:
-      self._remote_lines.append(line)
-      self.jsonl_path.write_text("".join(self._remote_lines))
+      self._pending.append(line)
+      if (len(self._pending) >= self._flush_lines
+          or time.monotonic() - self._last_flush >= self._flush_secs):
+        self.flush()
     if self._tb is not None:
       for name, value in record.items():
         if name in ("step", "split") or not isinstance(value, (int, float)):
@@ -80,26 +96,24 @@ class MetricWriter:
     if self._bar is not None:
       self._bar.update(step - self._bar.n)
 
+  def flush(self) -> None:
+    """Remote: writes the buffered lines as one new part object (never rewriting older ones)."""
+    self._last_flush = time.monotonic()
+    if not self.enabled or not self._pending:
+      return
+    part = workdir_lib.metrics_parts_dir(self.workdir) / f"{self._next_part:08d}.jsonl"
+    fileio.write_text(part, "".join(self._pending))
+    self._next_part += 1
+    self._pending = []
+
   def close(self) -> None:
+    self.flush()
     if self._tb is not None:
       self._tb.close()
       self._tb = None
     if self._bar is not None:
       self._bar.close()
       self._bar = None
-
-
-def _is_local(path: epath.Path) -> bool:
-  return "://" not in str(path)
-
-
-def read_metrics(workdir: str | epath.Path, split: str | None = None) -> list[dict[str, Any]]:
-  """The JSONL records of a workdir (optionally one split), in order."""
-  path = epath.Path(workdir) / "metrics.jsonl"
-  if not path.exists():
-    raise FileNotFoundError(f"{path} does not exist: no metrics were written in this workdir")
-  records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-  return [r for r in records if split is None or r.get("split") == split]
 
 
 class StepTimer:

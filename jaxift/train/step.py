@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxift.train import chunked_loss
-from jaxift.train import loss as loss_lib
+from jaxift.model import lora
+from jaxift.model import loss as loss_lib
 
 Batch = dict[str, jax.Array]
 MODEL_INPUTS = ("inputs", "positions", "segment_ids")
@@ -20,13 +20,7 @@ MODEL_INPUTS = ("inputs", "positions", "segment_ids")
 
 def _forward_sums(graphdef: nnx.GraphDef, params: nnx.State, rest: nnx.State, batch: Batch,
                   loss_chunk: int = 0) -> dict[str, jax.Array]:
-  model = nnx.merge(graphdef, params, rest)
-  if not loss_chunk or batch["inputs"].shape[1] <= loss_chunk:
-    logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-    return loss_lib.loss_sums(logits_BxTxV, batch["targets"], batch["weights"])
-  # Loss over `loss_chunk`-token slices, each slice's logits recomputed in the backward pass:
-  # peak memory holds [B, loss_chunk, V] logits instead of [B, T, V] (large vocabularies).
-  return chunked_loss.chunked_forward_sums(model, batch, chunk_size=loss_chunk)
+  return loss_lib.forward_sums(nnx.merge(graphdef, params, rest), batch, loss_chunk)
 
 
 def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Batch:
@@ -65,7 +59,6 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
   def train_step(params, opt_state, rest, step, batch: Batch):
     if dropout_seed is None:
       return _train_step(params, opt_state, rest, step, batch)
-    from jaxift.model import lora  # pylint: disable=g-import-not-at-top
     with lora.dropout_rng(jax.random.fold_in(jax.random.key(dropout_seed), step)):
       return _train_step(params, opt_state, rest, step, batch)
 

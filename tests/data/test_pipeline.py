@@ -221,3 +221,28 @@ def test_multi_process_eval_passes_have_equal_batch_counts(pcfg, gpt2_tokenizer,
   restored = _iterator(pcfg, gpt2_tokenizer, num_epochs=1, shard=(0, 2))
   restored.set_state(state)
   assert len(head + tail) == 4 and _same(tail, list(restored)) and len(tail) == 2
+
+
+def test_script_that_never_closes_its_iterator_exits_cleanly(shared_data, tmp_path):
+  """Grain's prefetch iterators close themselves in __del__, which for a live one used to run
+  during interpreter teardown and print "AttributeError: 'NoneType' object has no attribute
+  'Empty'". The pipeline closes open iterators at exit instead."""
+  import subprocess
+  import sys
+  script = tmp_path / "script.py"
+  script.write_text(
+      "from jaxift.data.config import default_data_config\n"
+      "from jaxift.data.pipeline import make_iterator\n"
+      "from jaxift.data.tokenizers import load_tokenizer\n"
+      "c = default_data_config()\n"
+      "c.source, c.max_seq_length, c.batching, c.prefetch_buffer_size = "
+      "'synthetic', 64, 'packing', 2\n"
+      f"tok = load_tokenizer({str(shared_data / 'gpt2')!r})\n"
+      "it = make_iterator(c, tok, split='train', batch_size=2, shard_index=0, shard_count=1, "
+      "seed=0)\n"
+      "print(next(it)['inputs'].shape)\n")
+  done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                        timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert done.stdout.strip() == "(2, 64)"
+  assert "Traceback" not in done.stderr and "Error" not in done.stderr, done.stderr[-2000:]

@@ -1,5 +1,6 @@
-"""tools/evaluate.py and jaxift.infer.evaluate on a checkpoint trained by configs/tiny.py."""
+"""python -m jaxift.tools.evaluate and jaxift.infer.evaluate on a checkpoint trained by configs/tiny.py."""
 import json
+import pathlib
 import subprocess
 import sys
 
@@ -16,7 +17,7 @@ MC_ROWS = [{"question": "2 + 2 =", "choices": ["4", "5", "22"], "answer": 0},
 
 @pytest.fixture(scope="module")
 def loaded(tiny_workdir):
-  from jaxift.train.checkpoint import load_for_inference
+  from jaxift.workdir import load_for_inference
   return load_for_inference(tiny_workdir, step="latest")
 
 
@@ -112,15 +113,28 @@ def test_bad_workdirs_and_steps(tiny_workdir, tmp_path):
 
 def test_command_line(tiny_workdir, tmp_path):
   out = tmp_path / "cli"
-  done = subprocess.run([sys.executable, "tools/evaluate.py", f"--workdir={tiny_workdir}",
+  done = subprocess.run([sys.executable, "-m", "jaxift.tools.evaluate", f"--workdir={tiny_workdir}",
                          "--checkpoint=4", f"--output_dir={out}", "--max_examples=2",
                          "--max_new_tokens=4", "--skip_loss"],
                         capture_output=True, text=True, timeout=300,
-                        cwd=ev.pathlib.Path(__file__).resolve().parents[2])
+                        cwd=pathlib.Path(__file__).resolve().parents[2])
   assert done.returncode == 0, done.stderr[-2000:]
   assert "rouge_l" in done.stdout
   assert len(ev.read_jsonl(out / "responses.jsonl")) == 2
-  bad = subprocess.run([sys.executable, "tools/evaluate.py", f"--workdir={tiny_workdir}",
+  bad = subprocess.run([sys.executable, "-m", "jaxift.tools.evaluate", f"--workdir={tiny_workdir}",
                         "--checkpoint=7"], capture_output=True, text=True, timeout=300,
-                       cwd=ev.pathlib.Path(__file__).resolve().parents[2])
+                       cwd=pathlib.Path(__file__).resolve().parents[2])
   assert bad.returncode == 2 and "no checkpoint at step 7" in bad.stderr
+
+
+def test_results_of_a_gs_output_dir_land_in_the_bucket(tiny_workdir, fake_gcs):
+  """A gs:// output folder goes through etils.epath: the files land in the bucket, never in a
+  local folder named 'gs:' (the fixture checks that on exit)."""
+  summary = ev.evaluate(tiny_workdir, step="latest", output_dir="gs://bucket/eval/run1",
+                        max_examples=2, max_new_tokens=4, compute_loss=False,
+                        print_fn=lambda _: None)
+  written = fake_gcs.root / "bucket" / "eval" / "run1"
+  assert sorted(p.name for p in written.iterdir()) == ["responses.jsonl", "summary.json"]
+  assert json.loads((written / "summary.json").read_text())["num_examples"] == 2
+  assert summary["output_dir"] == "gs://bucket/eval/run1"
+  assert len(ev.read_jsonl("gs://bucket/eval/run1/responses.jsonl")) == 2

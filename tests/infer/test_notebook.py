@@ -56,7 +56,7 @@ def test_notebook_runs_and_shows_curves_examples_and_scores(tiny_workdir, kernel
   # The loss-curve cell drew a figure.
   assert any("image/png" in o.get("data", {}) for c in code for o in c.outputs), "no figure"
   # Side by side: the references of the first 3 test records, read here independently.
-  from jaxift.train.checkpoint import load_config
+  from jaxift.workdir import load_config
   records = sources.load_records(load_config(tiny_workdir).data, "test")[:3]
   tables = [o["data"]["text/html"] for c in code for o in c.outputs
             if "text/html" in o.get("data", {})]

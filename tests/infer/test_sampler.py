@@ -2,6 +2,7 @@
 import numpy as np
 import pytest
 
+from jaxift.data import tokenize
 from jaxift.infer import sampler
 from tests.infer.conftest import full_forward_logits
 from tests.infer.stub_model import CountingModel, reference_continuation
@@ -51,7 +52,7 @@ def test_stop_strings_and_default_stop_ids(gpt2_tokenizer):
   assert sampler.trim_at_stop_strings("The answer is 4.\n### Instruction: x", ["###", "\n\n"]) == \
       "The answer is 4.\n"
   assert sampler.trim_at_stop_strings("no stop here", ["###"]) == "no stop here"
-  assert sampler.default_stop_token_ids(gpt2_tokenizer) == [50256]
+  assert tokenize.stop_token_ids(gpt2_tokenizer) == [50256]
 
 
 def test_bad_arguments(stub):

@@ -29,7 +29,7 @@ def test_greedy_batch_is_token_identical_to_transformers(smollm2_jax, smollm2_to
                                                           smollm2_tokenizer):
   prompts = [_chat_prompt(smollm2_tokenizer, t) for t in INSTRUCTIONS]
   assert len({len(p) for p in prompts}) > 1, "prompts should differ in length to test padding"
-  stop_ids = sampler.default_stop_token_ids(smollm2_tokenizer)
+  stop_ids = tokenize.stop_token_ids(smollm2_tokenizer)
   assert smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_ids
   ours = sampler.generate_tokens(smollm2_jax, prompts, max_new_tokens=MAX_NEW_TOKENS,
                                  stop_token_ids=stop_ids)

@@ -3,9 +3,9 @@
   python tests/lora/bench_lora_memory.py SHAPE CHUNK full|lora [bfloat16]
   e.g.  python tests/lora/bench_lora_memory.py llama-3.1-8b 512 lora bfloat16
 
-SHAPE from tools/benchmark.py's SHAPES. Batch 8 x 2048, bfloat16 compute, scanned layers, remat
+SHAPE from jaxift.tools.shapes. Batch 8 x 2048, bfloat16 compute, scanned layers, remat
 `full`, mesh (1, -1, 1) over 8 fake CPU devices (set here, before JAX starts); the trainer's step
-from tools/memory_estimate.train_step_parts, compiled on abstract inputs. Prints one JSON line.
+from jaxift.tools.memory_estimate.estimate (the trainer's state builder), compiled on abstract inputs. Prints one JSON line.
 """
 import json
 import os
@@ -14,44 +14,34 @@ import sys
 import time
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
-sys.path[:0] = [str(REPO), str(REPO / "tools")]
+sys.path[:0] = [str(REPO)]
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 
 def main(shape: str, chunk: int, method: str, base_dtype: str = "") -> None:
-  from benchmark import SHAPES  # pylint: disable=import-outside-toplevel
-  from memory_estimate import _leaf_bytes_per_device, abstract_batch, train_step_parts  # pylint: disable=import-outside-toplevel
-  from jaxift.model import lora  # pylint: disable=import-outside-toplevel
-  from jaxift.train import checkpoint as ckpt_lib  # pylint: disable=import-outside-toplevel
-  from jaxift.train import sharding  # pylint: disable=import-outside-toplevel
-  from jaxift.train.config import base_config, mesh_rules  # pylint: disable=import-outside-toplevel
+  from jaxift.tools.memory_estimate import estimate  # pylint: disable=import-outside-toplevel
+  from jaxift.tools.shapes import SHAPES  # pylint: disable=import-outside-toplevel
+  from jaxift.train.config import base_config  # pylint: disable=import-outside-toplevel
+  # (imported here: XLA_FLAGS above must be set before JAX starts)
 
   c = base_config()
+  c.model.path, c.model.hf_config = "", SHAPES[shape]
   c.model.dtype, c.model.scan_layers, c.model.remat_policy = "bfloat16", True, "full"
   c.train.global_batch_size, c.train.loss_chunk_size = 8, chunk
-  c.lora.enabled, c.lora.rank, c.lora.alpha, c.lora.base_dtype = True, 16, 32.0, base_dtype
-  mesh = sharding.make_mesh((1, -1, 1))
-  if method == "lora":
-    graphdef, params, rest, _ = lora.abstract_split(c, SHAPES[shape], mesh, mesh_rules(c))
-  else:
-    graphdef, params, rest, _ = ckpt_lib.abstract_model(c.model, SHAPES[shape], mesh,
-                                                        mesh_rules(c))
-  parts = train_step_parts(c, mesh, graphdef, rest, params)
-  batch = abstract_batch(8, 2048, parts["batch_sharding"])
-  t0 = time.perf_counter()
-  args = parts["args"](params, parts["opt_state"], parts["step"], batch)
-  m = parts["train_step"].lower(*args).compile().memory_analysis()
+  c.data.max_seq_length = 2048
+  c.lora.enabled = method == "lora"
+  c.lora.rank, c.lora.alpha, c.lora.base_dtype = 16, 32.0, base_dtype
+  report = estimate(c)
   gib = 2**30
   print(json.dumps(dict(
       shape=shape, method=method, base_dtype=base_dtype, loss_chunk=chunk,
-      trained_gib=_leaf_bytes_per_device(params) / gib,
-      frozen_gib=_leaf_bytes_per_device(rest) / gib,
-      opt_state_gib=_leaf_bytes_per_device(parts["opt_state"]) / gib,
-      temp_gib=m.temp_size_in_bytes / gib,
-      peak_gib=(m.argument_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes
-                + m.temp_size_in_bytes) / gib,
-      compile_s=round(time.perf_counter() - t0, 1))), flush=True)
+      trained_gib=report["params_bytes_per_device"] / gib,
+      frozen_gib=report["frozen_bytes_per_device"] / gib,
+      opt_state_gib=report["opt_state_bytes_per_device"] / gib,
+      temp_gib=report["temp_bytes"] / gib,
+      peak_gib=report["peak_bytes_per_device"] / gib,
+      compile_s=report["compile_s"])), flush=True)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@
 
 configs/quickstart.py (SmolLM2-135M-Instruct, synthetic tasks, packed 96-token rows, batch 4),
 trained by the trainer's own jitted step (`jaxift.train.step.make_train_step`) and optimizer, then
-exact match of greedy generations on the 64 held-out test records (`generation_eval`). `full` is the
+exact match of greedy generations on the 64 held-out test records (`jaxift.infer.generation_check`). `full` is the
 quickstart as configured (embedding and bottom 15 layers frozen); `lora` trains only adapters on
 every projection of every layer. Prints one JSON line.
 """
@@ -36,7 +36,7 @@ def main():
   from jaxift.data.tokenizers import load_tokenizer
   from jaxift.model import lora
   from jaxift.model.loading import build_model
-  from jaxift.train import generation_eval
+  from jaxift.infer import generation_check
   from jaxift.train import optimizer as opt_lib
   from jaxift.train import step as step_lib
 
@@ -50,7 +50,7 @@ def main():
   model, _ = build_model(config.model, seed=0)
   out = {"mode": args.mode, "steps": args.steps, "lr": config.optimizer.lr}
   if args.before:
-    out["exact_match_before"] = generation_eval.exact_match_eval(model, tokenizer, config, 64)[
+    out["exact_match_before"] = generation_check.exact_match_eval(model, tokenizer, config, 64)[
         "exact_match"]
   if args.mode == "lora":
     lc = lora.default_lora_config()
@@ -86,7 +86,7 @@ def main():
   out.update(first_loss=losses[0], last5_loss=float(np.mean(losses[-5:])),
              median_step_s=float(np.median(times[1:])))
   model = nnx.merge(graphdef, params, rest)
-  out["exact_match_after"] = generation_eval.exact_match_eval(model, tokenizer, config, 64)[
+  out["exact_match_after"] = generation_check.exact_match_eval(model, tokenizer, config, 64)[
       "exact_match"]
   print(json.dumps(out), flush=True)
 

@@ -46,8 +46,8 @@ def test_llama3_8b_lora_adapter_count_matches_hand_count():
 
 
 def test_abstract_split_carries_shardings():
-  from jaxift.train import sharding
-  from jaxift.train.config import mesh_rules
+  from jaxift.model import sharding
+  from jaxift.model.sharding import mesh_rules
   c = _config("llama3_8b_lora_tpu", "model=/m,data=/d")
   mesh = sharding.make_mesh((1, -1, 1))
   hf = dict(model_type="llama", vocab_size=256, hidden_size=64, intermediate_size=128,

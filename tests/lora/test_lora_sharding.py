@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from jaxift.model import lora
     from jaxift.model.loading import load_model
-    from jaxift.train.sharding import make_mesh
+    from jaxift.model.sharding import make_mesh
     assert len(jax.devices()) == 8
     mesh = make_mesh((2, 2, 2))  # data, fsdp, tensor
     c = lora.default_lora_config()

@@ -112,13 +112,13 @@ def test_load_peft_adapter_trained_in_pytorch(base_checkpoint, tmp_path):
   assert sorted(ours) == sorted(theirs)
   for k in theirs:
     np.testing.assert_array_equal(ours[k], theirs[k])
-  # tools/export_lora.py merges the same adapter into a full HF directory: peft's logits again.
+  # jaxift.tools.export_lora merges the same adapter into a full HF directory: peft's logits again.
   import os
   import subprocess
   import sys
   from tests.conftest import REPO_ROOT
   result = subprocess.run(
-      [sys.executable, str(REPO_ROOT / "tools" / "export_lora.py"), f"--model_path={directory}",
+      [sys.executable, "-m", "jaxift.tools.export_lora", f"--model_path={directory}",
        f"--adapter={tmp_path / 'peft'}", f"--merged_dir={tmp_path / 'merged'}"],
       env=dict(os.environ, JAX_PLATFORMS="cpu"), capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-2000:]

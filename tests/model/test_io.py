@@ -197,7 +197,7 @@ def test_paths_that_do_not_resolve(monkeypatch, tmp_path):
 
 
 def test_export_tool_from_model_path(tiny_checkpoint, tmp_path):
-  """tools/export_hf.py --model_path: the written directory gives transformers' logits back."""
+  """python -m jaxift.tools.export_hf --model_path: the written directory gives transformers' logits back."""
   import os
   import subprocess
   import sys
@@ -205,7 +205,7 @@ def test_export_tool_from_model_path(tiny_checkpoint, tmp_path):
   directory, torch_model = tiny_checkpoint("qwen2_tied")
   out = tmp_path / "exported"
   env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO_ROOT))
-  result = subprocess.run([sys.executable, str(REPO_ROOT / "tools" / "export_hf.py"),
+  result = subprocess.run([sys.executable, "-m", "jaxift.tools.export_hf",
                            f"--model_path={directory}", f"--out_dir={out}", "--dtype=float32"],
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

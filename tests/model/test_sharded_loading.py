@@ -15,7 +15,7 @@ SCRIPT = textwrap.dedent("""
     from flax import nnx
     from jaxift.model.config import default_model_config
     from jaxift.model.loading import build_model, load_model
-    from jaxift.train.sharding import make_mesh
+    from jaxift.model.sharding import make_mesh
     assert len(jax.devices()) == 8
     mesh = make_mesh((2, 2, 2))  # data, fsdp, tensor
     directory = sys.argv[1]

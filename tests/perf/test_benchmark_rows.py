@@ -1,20 +1,13 @@
-"""tools/benchmark.py's synthetic rows follow the batch contract (both frameworks train on them)
+"""jaxift.tools.benchmark's synthetic rows follow the batch contract (both frameworks train on them)
 and its shapes are the published architectures."""
-import importlib.util
-import pathlib
-
 import numpy as np
 import pytest
 
-TOOL = pathlib.Path(__file__).resolve().parents[2] / "tools" / "benchmark.py"
-
+from jaxift.tools import benchmark
 
 @pytest.fixture(scope="module")
 def bench():
-  spec = importlib.util.spec_from_file_location("jaxift_tools_benchmark", TOOL)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+  return benchmark
 
 
 @pytest.mark.parametrize("packing", [True, False])

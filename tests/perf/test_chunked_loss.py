@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxift.train import chunked_loss
-from jaxift.train import loss as loss_lib
+from jaxift.model import loss as chunked_loss
+from jaxift.model import loss as loss_lib
 from tests.perf.conftest import contract_batch, tiny_decoder
 
 BATCH = contract_batch([[20, 17], [30], [7, 9, 11]], 40, 101, seed=3)

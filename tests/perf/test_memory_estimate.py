@@ -1,4 +1,4 @@
-"""tools/memory_estimate.py: compiles a config's train step without running it; bytes per device
+"""jaxift.tools.memory_estimate: compiles a config's train step without running it; bytes per device
 are positive, exact for parameters/optimizer state, and grow with the batch."""
 import importlib.util
 import json
@@ -8,8 +8,9 @@ import sys
 
 import pytest
 
+from jaxift.tools import memory_estimate
+
 REPO = pathlib.Path(__file__).resolve().parents[2]
-TOOL = REPO / "tools" / "memory_estimate.py"
 
 
 def _load(path: pathlib.Path, name: str):
@@ -21,7 +22,7 @@ def _load(path: pathlib.Path, name: str):
 
 @pytest.fixture(scope="module")
 def tool():
-  return _load(TOOL, "jaxift_tools_memory_estimate")
+  return memory_estimate
 
 
 def _config(batch: int, layers: int = 2, remat: str = "none"):
@@ -73,7 +74,7 @@ def test_full_remat_reduces_temporaries_of_a_deeper_model(estimates):
 def test_cli_on_fake_devices_shards_the_state(tmp_path):
   """--devices=4 on CPU: a subprocess with 4 fake devices; FSDP splits params 4 ways."""
   out = tmp_path / "estimate.json"
-  cmd = [sys.executable, str(TOOL), f"--config={REPO / 'configs' / 'tiny.py'}:vocab=256",
+  cmd = [sys.executable, "-m", "jaxift.tools.memory_estimate", f"--config={REPO / 'configs' / 'tiny.py'}:vocab=256",
          "--devices=4", "--seq_len=64", "--config.train.global_batch_size=4",
          "--config.model.scan_layers=True", f"--out={out}"]
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -89,6 +90,6 @@ def test_cli_on_fake_devices_shards_the_state(tmp_path):
 
 
 def test_cli_refuses_an_unknown_shape():
-  proc = subprocess.run([sys.executable, str(TOOL), f"--config={REPO / 'configs' / 'tiny.py'}",
+  proc = subprocess.run([sys.executable, "-m", "jaxift.tools.memory_estimate", f"--config={REPO / 'configs' / 'tiny.py'}",
                          "--shape=gpt5"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert proc.returncode != 0 and "--shape='gpt5' is unknown" in proc.stderr

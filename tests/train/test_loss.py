@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxift.train import loss as loss_lib
+from jaxift.model import loss as loss_lib
 
 
 def test_loss_sums_hand_example():

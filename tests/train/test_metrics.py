@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 
+from jaxift import workdir
 from jaxift.train import metrics
 
 
@@ -14,6 +15,6 @@ def test_jsonl_and_tensorboard(tmp_path):
   lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert lines[0] == {"step": 1, "split": "train", "loss": 2.5, "learning_rate": 1e-3}
   assert lines[1]["split"] == "validation" and lines[1]["perplexity"] == np.exp(2.0)
-  assert [r["step"] for r in metrics.read_metrics(tmp_path, "validation")] == [2]
+  assert [r["step"] for r in workdir.read_metrics(tmp_path, "validation")] == [2]
   events = list((tmp_path / "tb").glob("events.out.tfevents.*"))
   assert events and events[0].stat().st_size > 0

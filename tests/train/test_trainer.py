@@ -3,7 +3,7 @@ import re
 
 import pytest
 
-from jaxift.train import checkpoint as ckpt_lib
+from jaxift import workdir as workdir_lib
 from jaxift.train.trainer import NonFiniteLossError, train_and_evaluate
 from tests.train.conftest import train_records
 
@@ -28,20 +28,20 @@ def test_resume_is_exact(reference_run, tiny_config, tmp_path):
 
 def test_load_for_inference_latest_and_missing_step(reference_run):
   workdir, results = reference_run
-  model, tokenizer, config = ckpt_lib.load_for_inference(workdir, "latest")
+  model, tokenizer, config = workdir_lib.load_for_inference(workdir, "latest")
   assert config.train.num_steps == 4
   assert tokenizer.encode("hello world") == [31373, 995]  # GPT-2's ids
   import jax.numpy as jnp
   logits = model(jnp.array([[31373, 995]]), jnp.array([[0, 1]]), jnp.array([[1, 1]]))
   assert logits.shape == (1, 2, 50257)
-  best_model, _, _ = ckpt_lib.load_for_inference(workdir, "best")
+  best_model, _, _ = workdir_lib.load_for_inference(workdir, "best")
   assert results["best_step"] == 4  # the only evaluated checkpoint: best == latest
   best_logits = best_model(jnp.array([[31373, 995]]), jnp.array([[0, 1]]), jnp.array([[1, 1]]))
   assert jnp.array_equal(best_logits, logits)
   with pytest.raises(FileNotFoundError, match=r"steps \[4\]"):
-    ckpt_lib.load_for_inference(workdir, 3)
+    workdir_lib.load_for_inference(workdir, 3)
   with pytest.raises(FileNotFoundError, match="does not exist"):
-    ckpt_lib.load_for_inference(workdir / "nope", "latest")
+    workdir_lib.load_for_inference(workdir / "nope", "latest")
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
@@ -58,7 +58,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tiny_config, tmp_path):
   assert match, str(error.value)
   bad, good = int(match.group(2)), int(match.group(3))
   assert good == bad - 1
-  assert max(ckpt_lib.Checkpointer(tmp_path, read_only=True).all_steps()) == good
+  assert max(workdir_lib.Checkpointer(tmp_path, read_only=True).all_steps()) == good
 
 
 def test_early_stopping_stops_when_validation_stops_improving(tiny_config, tmp_path):
@@ -105,7 +105,7 @@ def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path):
     assert got[step] == pytest.approx(want[step], abs=1e-6), step
   assert want[3] < want[1]  # the adapters learn
 
-  model, _, config = ckpt_lib.load_for_inference(tmp_path / "straight", "latest")
+  model, _, config = workdir_lib.load_for_inference(tmp_path / "straight", "latest")
   from jaxift.model import lora as lora_lib
   from jaxift.model.loading import build_model
   adapters = nnx.state(model, lora_lib.LoRAParam)

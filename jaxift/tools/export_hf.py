@@ -1,18 +1,20 @@
 """Exports a model to a Hugging Face directory that `transformers.AutoModelForCausalLM` loads as is.
 
 From a jaxift training run (its tokenizer is exported alongside):
-  python tools/export_hf.py --workdir=runs/qs --step=best --out_dir=/tmp/qs_hf
+  python -m jaxift.tools.export_hf --workdir=runs/qs --step=best --out_dir=/tmp/qs_hf
 From any model path jaxift reads (HF dir, .gguf, hub id), e.g. a GGUF to safetensors:
-  python tools/export_hf.py --model_path=model.gguf --out_dir=/tmp/model_hf
+  python -m jaxift.tools.export_hf --model_path=model.gguf --out_dir=/tmp/model_hf
 Options: --dtype=bfloat16 (default: the parameters' dtype), --max_shard_size_mb=2048.
 """
-import pathlib
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from jaxift import workdir as workdir_lib
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.model.hf import export_hf
+from jaxift.model.loading import load_model
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a jaxift training workdir")
 _STEP = flags.DEFINE_string("step", "latest", "with --workdir: 'latest', 'best' or a step number")
@@ -28,17 +30,13 @@ _SHARD = flags.DEFINE_integer("max_shard_size_mb", 2048, "largest safetensors fi
 
 def main(argv):
   del argv
-  from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-  from jaxift.model.hf import export_hf  # pylint: disable=import-outside-toplevel
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise app.UsageError("give exactly one of --workdir or --model_path")
   tokenizer = None
   if _WORKDIR.value:
-    from jaxift.train.checkpoint import load_for_inference  # pylint: disable=import-outside-toplevel
     step = int(_STEP.value) if _STEP.value.isdigit() else _STEP.value
-    model, tokenizer, _ = load_for_inference(_WORKDIR.value, step)
+    model, tokenizer, _ = workdir_lib.load_for_inference(_WORKDIR.value, step)
   else:
-    from jaxift.model.loading import load_model  # pylint: disable=import-outside-toplevel
     model, _ = load_model(_MODEL.value)
     try:
       tokenizer = load_tokenizer(_MODEL.value)

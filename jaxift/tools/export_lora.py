@@ -1,21 +1,23 @@
 """Exports a LoRA model: a PEFT adapter directory and/or a merged Hugging Face directory.
 
 From a jaxift LoRA training run (the base path comes from the run's config):
-  python tools/export_lora.py --workdir=runs/smollm2_lora --step=best \
+  python -m jaxift.tools.export_lora --workdir=runs/smollm2_lora --step=best \
       --peft_dir=/tmp/adapter --merged_dir=/tmp/merged
 From a base model plus a PEFT adapter (e.g. to merge one trained in PyTorch, or re-export it):
-  python tools/export_lora.py --model_path=BASE_DIR --adapter=ADAPTER_DIR --merged_dir=/tmp/merged
+  python -m jaxift.tools.export_lora --model_path=BASE_DIR --adapter=ADAPTER_DIR --merged_dir=/tmp/merged
 The adapter directory loads with `peft.PeftModel.from_pretrained(base, dir)` or
 `peft.AutoPeftModelForCausalLM.from_pretrained(dir)`; the merged one with
 `transformers.AutoModelForCausalLM.from_pretrained(dir)`. Options: --dtype for the merged tensors.
 """
-import pathlib
 import sys
 
 from absl import app
 from absl import flags
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from jaxift import workdir as workdir_lib
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.model import lora, peft_export
+from jaxift.model.loading import load_model
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a jaxift LoRA training workdir")
 _STEP = flags.DEFINE_string("step", "latest", "with --workdir: 'latest', 'best' or a step number")
@@ -32,22 +34,18 @@ _DTYPE = flags.DEFINE_enum("dtype", None, ["float32", "bfloat16", "float16"],
 
 def main(argv):
   del argv
-  from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=import-outside-toplevel
-  from jaxift.model import lora, peft_export  # pylint: disable=import-outside-toplevel
   if bool(_WORKDIR.value) == bool(_MODEL.value):
     raise app.UsageError("give exactly one of --workdir or --model_path (with --adapter)")
   if not (_PEFT_DIR.value or _MERGED_DIR.value):
     raise app.UsageError("give --peft_dir and/or --merged_dir")
   tokenizer = None
   if _WORKDIR.value:
-    from jaxift.train.checkpoint import load_for_inference  # pylint: disable=import-outside-toplevel
     step = int(_STEP.value) if _STEP.value.isdigit() else _STEP.value
-    model, tokenizer, config = load_for_inference(_WORKDIR.value, step)
+    model, tokenizer, config = workdir_lib.load_for_inference(_WORKDIR.value, step)
     base = config.model.get("path", "")
   else:
     if not _ADAPTER.value:
       raise app.UsageError("--model_path needs --adapter (a PEFT adapter directory)")
-    from jaxift.model.loading import load_model  # pylint: disable=import-outside-toplevel
     model, cfg = load_model(_MODEL.value)
     peft_export.load_peft(model, cfg, _ADAPTER.value)
     base = _MODEL.value
@@ -57,7 +55,7 @@ def main(argv):
       print(f"no tokenizer exported ({type(e).__name__}: {e})", file=sys.stderr)
   if not lora.has_lora(model):
     raise app.UsageError(f"{_WORKDIR.value}: the run has no LoRA adapters (config.lora.enabled "
-                         f"was off); use tools/export_hf.py for a full fine-tune")
+                         f"was off); use `python -m jaxift.tools.export_hf` for a full fine-tune")
   if _PEFT_DIR.value:
     out = peft_export.export_peft(model, model.cfg, _PEFT_DIR.value, tokenizer=tokenizer,
                                   base_model_name_or_path=_BASE_NAME.value or base or None)

@@ -1,13 +1,16 @@
-"""Orbax checkpoints of a training run, and loading a run for inference.
+"""The run directory: one module owns its layout, and everyone reads a run through it.
 
-Layout of a workdir:
-  checkpoints/<step>/{params,opt_state,meta,data_iter}/   one Orbax CheckpointManager, async saves
-  config.json          the resolved config (written once by the trainer)
+  config.json          the resolved config (written by the trainer at every start)
   model_config.json    the architecture (HF config.json style), to rebuild the model without weights
   tokenizer/           the tokenizer files (save_pretrained)
+  checkpoints/<step>/{params,opt_state,meta,data_iter}/   one Orbax CheckpointManager, async saves
+  metrics.jsonl        one JSON object per line: step, split, metric names (+ metrics.jsonl.parts/
+                       on object stores, which cannot append)
+  eval/step_<N>/       what `jaxift.infer.evaluate` writes
 
-Restoring goes through abstract arrays that carry the TARGET shardings, so a run saved on one mesh
-restores onto another (a different device count or fsdp/tensor split).
+The trainer, the evaluation flow, the notebook API and the export tools all use this module; it
+imports the model and data layers, never the trainer. Restoring goes through abstract arrays that
+carry the TARGET shardings, so a run saved on one mesh restores onto another.
 """
 import json
 import logging
@@ -16,11 +19,23 @@ import tempfile
 from typing import Any
 
 from etils import epath
+from flax import nnx
 import grain
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from jaxift import fileio
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.model import lora as lora_lib
+from jaxift.model import loading
+from jaxift.model.sharding import mesh_rules
+
+CONFIG_FILE = "config.json"
+MODEL_CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+CHECKPOINT_DIR = "checkpoints"
+METRICS_FILE = "metrics.jsonl"
 VALIDATION_METRIC = "validation_loss"
 
 
@@ -56,7 +71,7 @@ class Checkpointer:
 
   def __init__(self, workdir: str | epath.Path, *, keep: int = 2, keep_best: int = 1,
                async_save: bool = True, read_only: bool = False):
-    self.directory = absolute(workdir) / "checkpoints"
+    self.directory = absolute(workdir) / CHECKPOINT_DIR
     options = ocp.CheckpointManagerOptions(
         preservation_policy=_keep_policy(keep, keep_best),
         best_fn=lambda m: m[VALIDATION_METRIC], best_mode="min",
@@ -122,32 +137,36 @@ def abstract_like(tree: Any) -> Any:
       lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)), tree)
 
 
-# ---- workdir side files --------------------------------------------------------------------------
-
-def write_text_atomic(path: epath.Path, text: str) -> None:
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(text)
-  tmp.replace(path)
-
+# ---- side files ---------------------------------------------------------------------------------
 
 def save_config(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> None:
-  path = epath.Path(workdir) / "config.json"
-  write_text_atomic(path, config.to_json_best_effort(indent=2, sort_keys=True))
+  fileio.write_text(epath.Path(workdir) / CONFIG_FILE,
+                    config.to_json_best_effort(indent=2, sort_keys=True))
 
 
 def load_config(workdir: str | epath.Path) -> ml_collections.ConfigDict:
-  path = epath.Path(workdir) / "config.json"
+  path = epath.Path(workdir) / CONFIG_FILE
   if not path.exists():
     raise FileNotFoundError(f"{path} not found: {workdir} is not a jaxift training workdir")
   return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
+def save_model_config(workdir: str | epath.Path, hf_dict: dict) -> None:
+  fileio.write_text(epath.Path(workdir) / MODEL_CONFIG_FILE, json.dumps(hf_dict, indent=2))
+
+
+def load_model_config(workdir: str | epath.Path) -> dict | None:
+  """The architecture the run trains (HF config.json dict), or None before the first start."""
+  path = epath.Path(workdir) / MODEL_CONFIG_FILE
+  return json.loads(path.read_text()) if path.exists() else None
+
+
 def save_tokenizer(workdir: str | epath.Path, tokenizer: Any) -> None:
   """tokenizer.save_pretrained into workdir/tokenizer (via a local temp dir: works for gs://)."""
-  target = epath.Path(workdir) / "tokenizer"
+  target = epath.Path(workdir) / TOKENIZER_DIR
   if target.exists():
     return
-  staging = epath.Path(workdir) / "tokenizer.tmp"
+  staging = epath.Path(workdir) / f".{TOKENIZER_DIR}.tmp"
   if staging.exists():
     staging.rmtree()
   staging.mkdir(parents=True)
@@ -155,13 +174,41 @@ def save_tokenizer(workdir: str | epath.Path, tokenizer: Any) -> None:
     tokenizer.save_pretrained(local)
     for f in epath.Path(local).iterdir():
       (staging / f.name).write_bytes(f.read_bytes())
-  staging.rename(target)
+  fileio.replace_dir(staging, target)
 
+
+def metrics_path(workdir: str | epath.Path) -> epath.Path:
+  return epath.Path(workdir) / METRICS_FILE
+
+
+def metrics_parts_dir(workdir: str | epath.Path) -> epath.Path:
+  """Where a remote (object store) run writes its metric lines, one new object per flush."""
+  return epath.Path(workdir) / f"{METRICS_FILE}.parts"
+
+
+def read_metrics(workdir: str | epath.Path, split: str | None = None) -> list[dict[str, Any]]:
+  """The metric records of a workdir (optionally one split), in the order they were written."""
+  path, parts = metrics_path(workdir), metrics_parts_dir(workdir)
+  files = [path] if path.exists() else []
+  if parts.exists():
+    files += sorted(parts.glob("*.jsonl"), key=lambda p: p.name)
+  if not files:
+    raise FileNotFoundError(f"{path} does not exist: no metrics were written in this workdir")
+  records = [json.loads(line) for f in files for line in f.read_text().splitlines()
+             if line.strip()]
+  return [r for r in records if split is None or r.get("split") == split]
+
+
+def eval_dir(workdir: str | epath.Path, step: int) -> epath.Path:
+  return epath.Path(workdir) / "eval" / f"step_{step}"
+
+
+# ---- steps --------------------------------------------------------------------------------------
 
 def _describe(workdir: epath.Path) -> str:
   if not workdir.exists():
     return f"{workdir} does not exist"
-  ckpt = workdir / "checkpoints"
+  ckpt = workdir / CHECKPOINT_DIR
   steps = sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) if ckpt.exists() else []
   return f"{workdir} holds checkpoint steps {steps or 'none'}"
 
@@ -180,28 +227,20 @@ def resolve_step(checkpointer: Checkpointer, step: str | int, workdir: epath.Pat
   return resolved
 
 
-def abstract_model(model_config: ml_collections.ConfigDict, hf_dict: dict, mesh: Any, rules: Any):
-  """(graphdef, abstract params with target shardings, rest, ModelConfig), reading no weights."""
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from jaxift.model.config import ModelConfig  # pylint: disable=g-import-not-at-top
-  from jaxift.model.decoder import Decoder  # pylint: disable=g-import-not-at-top
-  from jaxift.model.loading import module_options, state_shardings  # pylint: disable=g-import-not-at-top
+def resolve_checkpoint_step(workdir: str | epath.Path, step: str | int) -> int:
+  """The integer step 'latest'/'best'/N names; FileNotFoundError naming what the workdir holds."""
+  workdir = epath.Path(workdir)
+  if not (workdir / CHECKPOINT_DIR).exists():
+    raise FileNotFoundError(f"no checkpoints in {workdir} (expected {workdir}/{CHECKPOINT_DIR}/"
+                            "<step>/ written by training)")
+  checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
+  try:
+    return resolve_step(checkpointer, step, workdir)
+  finally:
+    checkpointer.close()
 
-  cfg = ModelConfig.from_hf_dict(hf_dict)
-  options = module_options(model_config)
-  abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), **options))
-  graphdef, params, rest = nnx.split(abstract, nnx.Param, ...)
-  if jax.tree.leaves(rest):
-    raise ValueError("the decoder holds non-parameter state; it cannot be rebuilt abstractly")
-  if mesh is not None:
-    shardings = jax.tree.leaves(state_shardings(params, mesh, rules))
-  else:
-    shardings = [jax.sharding.SingleDeviceSharding(jax.devices()[0])] * len(jax.tree.leaves(params))
-  leaves, treedef = jax.tree.flatten(params)
-  params = jax.tree.unflatten(treedef, [
-      jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s) for x, s in zip(leaves, shardings)])
-  return graphdef, params, rest, cfg
 
+# ---- loading a run ------------------------------------------------------------------------------
 
 def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
                        mesh: jax.sharding.Mesh | None = None) -> tuple[Any, Any, ml_collections.ConfigDict]:
@@ -212,18 +251,13 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
   reference (`config.model.path`, or random init with `config.train.seed`) and the adapters
   restored. Onto `mesh` when given (else the default device).
   """
-  from flax import nnx  # pylint: disable=g-import-not-at-top
-  from jaxift.data.tokenizers import load_tokenizer  # pylint: disable=g-import-not-at-top
-
   workdir = epath.Path(workdir)
-  if not (workdir / "config.json").exists():
+  if not (workdir / CONFIG_FILE).exists():
     raise FileNotFoundError(f"not a jaxift workdir (no config.json): {_describe(workdir)}")
   config = load_config(workdir)
   checkpointer = Checkpointer(workdir, read_only=True, async_save=False)
   try:
     resolved = resolve_step(checkpointer, step, workdir)
-    from jaxift.model import lora as lora_lib  # pylint: disable=g-import-not-at-top
-    from jaxift.train.config import mesh_rules  # pylint: disable=g-import-not-at-top
     if lora_lib.enabled(config):  # the frozen base comes from its reference, the adapters from here
       model, _ = lora_lib.build_model(config, mesh=mesh, rules=mesh_rules(config),
                                       seed=int(config.train.seed))
@@ -231,12 +265,11 @@ def load_for_inference(workdir: str | epath.Path, step: str | int = "latest", *,
       abstract_params = abstract_like(adapters)
       del model, adapters
     else:
-      hf_dict = json.loads((workdir / "model_config.json").read_text())
-      graphdef, abstract_params, rest, _ = abstract_model(config.model, hf_dict, mesh,
-                                                          mesh_rules(config))
+      graphdef, abstract_params, rest, _ = loading.abstract_model(
+          config.model, load_model_config(workdir), mesh, mesh_rules(config))
     restored = checkpointer.restore(resolved, abstract_params=abstract_params)
   finally:
     checkpointer.close()
   model = nnx.merge(graphdef, restored["params"], rest)
-  tokenizer = load_tokenizer(str(workdir / "tokenizer"))
+  tokenizer = load_tokenizer(str(workdir / TOKENIZER_DIR))
   return model, tokenizer, config

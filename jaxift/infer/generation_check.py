@@ -3,6 +3,9 @@ from typing import Any
 
 import ml_collections
 
+from jaxift.data import sources, tokenize
+from jaxift.infer import metrics, sampler
+
 
 def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDict,
                      num_examples: int) -> dict[str, Any]:
@@ -11,16 +14,12 @@ def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDi
   Prompts are exactly the tokens the model saw as prompt in training (`tokenize.prompt_tokens`);
   generation stops on the template's end-of-response tokens.
   """
-  from jaxift.data import sources, tokenize  # pylint: disable=g-import-not-at-top
-  from jaxift.infer import metrics, sampler  # pylint: disable=g-import-not-at-top
-
   records = sources.load_records(config.data, config.eval.generate_split)[:num_examples]
   if not records:
     raise ValueError(f"config.eval.generate_split={config.eval.generate_split!r} has no records")
   prompts = [tokenize.prompt_tokens(r, config.data, tokenizer) for r in records]
   references = [tokenize.response_text(r, config.data) for r in records]
-  stop_ids = sorted(set(tokenize.end_token_ids(config.data, tokenizer))
-                    | set(sampler.default_stop_token_ids(tokenizer)))
+  stop_ids = tokenize.stop_token_ids(tokenizer, config.data)
   generations = sampler.generate(
       model, tokenizer, prompts, max_new_tokens=config.eval.max_new_tokens, temperature=0.0,
       stop_token_ids=stop_ids, batch_size=min(config.eval.generate_batch_size, len(prompts)))

@@ -1,6 +1,6 @@
 """Greedy decode throughput of SmolLM2-135M: jaxift's KV-cache sampler vs transformers `generate`.
 
-  python tools/benchmark_decode.py --batch_sizes=1,8 --new_tokens=64 --repeats=3
+  python -m jaxift.tools.benchmark_decode --batch_sizes=1,8 --new_tokens=64 --repeats=3
 
 Both generate exactly `new_tokens` tokens per row (stop tokens disabled, transformers with
 min_new_tokens) from the same chat prompt in float32 on the CPU, after one warm-up run (jaxift's
@@ -16,6 +16,13 @@ import sys
 import time
 
 from absl import app, flags
+import jax
+
+from jaxift.assets import smollm2_gguf_path
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.infer import sampler
+from jaxift.model.config import default_model_config
+from jaxift.model.loading import build_model
 
 _BATCH_SIZES = flags.DEFINE_list("batch_sizes", ["1", "8"], "Batch sizes to measure.")
 _NEW_TOKENS = flags.DEFINE_integer("new_tokens", 64, "Tokens generated per row.")
@@ -41,15 +48,10 @@ def _median_times(fns, repeats: int) -> list[float]:
 
 def main(argv):
   del argv
-  import jax
-  import torch
-  import transformers
-  from transformers import AutoModelForCausalLM
-  from jaxift.assets import smollm2_gguf_path
-  from jaxift.data.tokenizers import load_tokenizer
-  from jaxift.infer import sampler
-  from jaxift.model.config import default_model_config
-  from jaxift.model.loading import build_model
+  # torch is the comparison, not a dependency of jaxift (it comes with the [test] extra).
+  import torch  # pylint: disable=import-outside-toplevel
+  import transformers  # pylint: disable=import-outside-toplevel
+  from transformers import AutoModelForCausalLM  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(_THREADS.value or os.cpu_count())
   gguf = smollm2_gguf_path()
@@ -106,5 +108,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(main)

@@ -1,8 +1,8 @@
 """Evaluates a checkpoint of a training workdir: test loss/perplexity, responses.jsonl, exact
 match, ROUGE-L, optionally an LLM judge and multiple choice; prints a summary table and saves it.
 
-  python tools/evaluate.py --workdir=runs/qs --checkpoint=best
-  python tools/evaluate.py --workdir=runs/qs --checkpoint=1200 --max_examples=100 \\
+  python -m jaxift.tools.evaluate --workdir=runs/qs --checkpoint=best
+  python -m jaxift.tools.evaluate --workdir=runs/qs --checkpoint=1200 --max_examples=100 \\
       --judge_url=http://localhost:11434 --judge_model=llama3 \\
       --multiple_choice=mmlu_sample.jsonl --output_dir=runs/qs/eval_1200
 
@@ -13,6 +13,9 @@ import os
 import sys
 
 from absl import app, flags, logging
+
+from jaxift.infer import evaluate as evaluate_lib
+from jaxift.infer import judge as judge_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).",
                                required=True)
@@ -48,8 +51,6 @@ def main(argv):
   del argv
   if not flags.FLAGS["verbosity"].present:  # Orbax logs every handler at INFO: keep output readable
     logging.set_verbosity(logging.WARNING)
-  from jaxift.infer import evaluate as evaluate_lib
-  from jaxift.infer import judge as judge_lib
   client = None
   try:
     if _JUDGE_URL.value:
@@ -73,5 +74,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   app.run(lambda argv: sys.exit(main(argv)))

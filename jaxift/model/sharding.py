@@ -7,6 +7,7 @@ through these helpers so a tensor lands in the same sharding whichever way it is
 from typing import Iterable, Sequence
 
 import jax
+from jax.experimental import mesh_utils
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -47,7 +48,6 @@ def make_mesh(shape: Sequence[int], axis_names: Sequence[str] = MESH_AXES,
     raise ValueError(f"mesh shape {shape} needs {int(np.prod(shape))} devices, have {len(devices)}")
   device_array = np.asarray(devices).reshape(shape)
   try:  # Topology-aware ordering on TPU/GPU; falls back to plain order on CPU.
-    from jax.experimental import mesh_utils
     device_array = mesh_utils.create_device_mesh(shape, devices=devices)
   except Exception:  # pylint: disable=broad-except
     pass
@@ -89,3 +89,9 @@ def named_sharding(mesh: Mesh, logical_axes: Iterable[str | None] | None, rules:
       fixed.append(axes if dim % size == 0 else None)
     spec = PartitionSpec(*fixed)
   return NamedSharding(mesh, spec)
+
+
+def mesh_rules(config) -> tuple:
+  """config.mesh.rules as hashable tuples (a JSON round trip turns them into lists)."""
+  return tuple((name, tuple(t) if isinstance(t, (list, tuple)) else t)
+               for name, t in config.mesh.rules)

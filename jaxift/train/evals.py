@@ -1,0 +1,138 @@
+"""Evaluations plugged into the trainer from config (big_vision's `evals`).
+
+`config.evals` maps a name to a registered evaluator type:
+
+    c.evals.validation = "validation_loss"     # every train.eval_every steps and at the end
+    c.evals.generation = "exact_match"         # before and after training (eval.generate_examples)
+
+Each evaluator is a small object with a `name`, a period (`due(step, ...)`) and
+`run(params) -> metrics | None`; the trainer writes what `run` returns under the split
+`metrics_split(label)` and never changes for a new one. A new kind (preference metrics, lm-eval
+tasks) is a class decorated with `@register("type")` reading its own settings from the config.
+
+One evaluator may `select_best`: its `loss` picks the best checkpoint and drives early stopping.
+"""
+import dataclasses
+from typing import Any, Callable
+
+from absl import logging
+import jax
+import ml_collections
+
+from jaxift.data.pipeline import make_iterator
+from jaxift.infer import generation_check
+from jaxift.model import loss as loss_lib
+from jaxift.train import host_batches
+from jaxift.train.state import TrainState
+
+
+@dataclasses.dataclass
+class Context:
+  """What an evaluator may use: the run's config, tokenizer and train state."""
+  config: ml_collections.ConfigDict
+  tokenizer: Any
+  state: TrainState
+
+
+_REGISTRY: dict[str, Callable[[str, Context], Any]] = {}
+
+
+def register(type_name: str):
+  def wrap(cls):
+    _REGISTRY[type_name] = cls
+    return cls
+  return wrap
+
+
+def from_config(config: ml_collections.ConfigDict, context: Context) -> list[Any]:
+  """The evaluators `config.evals` names, in config order; an unknown type names the known ones."""
+  evaluators = []
+  for name, type_name in config.get("evals", {}).items():
+    if not type_name:  # '' switches an evaluator of a base config off
+      continue
+    if type_name not in _REGISTRY:
+      raise ValueError(f"config.evals.{name}={type_name!r} is not a known evaluator type; "
+                       f"known: {sorted(_REGISTRY)}")
+    evaluators.append(_REGISTRY[type_name](name, context))
+  if sum(bool(getattr(e, "select_best", False)) for e in evaluators) > 1:
+    raise ValueError("config.evals: at most one evaluator may select the best checkpoint")
+  return evaluators
+
+
+@register("validation_loss")
+class ValidationLoss:
+  """Token-weighted loss, perplexity and accuracy over the validation split (or its first
+  `eval.max_batches` batches), every `train.eval_every` steps and at the end."""
+  select_best = True
+
+  def __init__(self, name: str, context: Context):
+    self.name, self.context = name, context
+    config = context.config
+    self.every = int(config.train.eval_every)
+    self.rows = int(config.eval.batch_size or config.train.global_batch_size)
+    batch_shards = context.state.mesh.shape["data"] * context.state.mesh.shape["fsdp"]
+    if self.rows % (jax.process_count() * batch_shards):
+      raise ValueError(f"eval.batch_size={self.rows} must be a multiple of {batch_shards} "
+                       f"(data*fsdp) times {jax.process_count()} processes")
+
+  def due(self, step: int, *, first: bool, last: bool) -> bool:
+    return not first and (last or (self.every > 0 and step % self.every == 0))
+
+  def metrics_split(self, label: str) -> str:
+    del label
+    return "validation"
+
+  def run(self, params: Any) -> dict[str, float] | None:
+    config, state = self.context.config, self.context.state
+    per_process = self.rows // jax.process_count()
+    try:
+      batches = make_iterator(config.data, self.context.tokenizer, split="validation",
+                              batch_size=per_process, shard_index=jax.process_index(),
+                              shard_count=jax.process_count(), seed=config.train.seed,
+                              num_epochs=1)
+    except ValueError as e:  # e.g. an empty validation split
+      logging.warning("no validation: %s", e)
+      return None
+    totals = None
+    for i, host_batch in enumerate(host_batches.lockstep(batches, per_process)):
+      if config.eval.max_batches and i >= config.eval.max_batches:
+        break
+      batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
+      sums = state.eval_step(params, state.rest, batch)
+      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+    if totals is None:
+      return None
+    return loss_lib.summarize(jax.device_get(totals))
+
+
+@register("exact_match")
+class ExactMatch:
+  """Greedy generations on `eval.generate_examples` held-out records, scored by exact match:
+  before training (a fresh run) and after it."""
+  select_best = False
+
+  def __init__(self, name: str, context: Context):
+    self.name, self.context = name, context
+    self.examples = int(context.config.eval.generate_examples)
+    self.last_examples: list[dict[str, Any]] = []
+
+  def due(self, step: int, *, first: bool, last: bool) -> bool:
+    del step
+    return self.examples > 0 and (first or last)
+
+  def metrics_split(self, label: str) -> str:
+    return f"generation_{label}"
+
+  def run(self, params: Any) -> dict[str, float]:
+    out = generation_check.exact_match_eval(self.context.state.model(params),
+                                            self.context.tokenizer, self.context.config,
+                                            self.examples)
+    self.last_examples = out["examples"]
+    return {"exact_match": out["exact_match"], "examples": self.examples}
+
+  def report(self, label: str, metrics: dict[str, float]) -> str:
+    """The console lines for one run: the score and a few generations."""
+    config = self.context.config
+    return (f"exact match {label} fine-tuning: {metrics['exact_match']:.3f} on {self.examples} "
+            f"held-out examples\n" + generation_check.format_examples(
+                self.last_examples, config.eval.show_generations))
