@@ -202,13 +202,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_saved = step
 
   def train_one_step(step: int, host_batch: dict[str, np.ndarray]) -> Any:
-    # Implicit host<->device transfers are errors here (big_vision's guard): a NumPy scalar or a
-    # Python float slipped into the step would otherwise become a silent copy and sync on every
-    # step. The batch and the step counter go to the devices explicitly.
+    batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
+    step_scalar = state.device_step(step)
+    # Implicit host<->device transfers are errors inside the step call (big_vision's guard): a
+    # NumPy scalar or a Python float slipped into its arguments would otherwise become a silent
+    # copy and sync on every step. The batch and the step counter went to the devices above.
     with jax.transfer_guard("disallow"):
-      batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
       state.params, state.opt_state, metrics = state.train_step(
-          state.params, state.opt_state, state.rest, state.device_step(step), batch)
+          state.params, state.opt_state, state.rest, step_scalar, batch)
     return metrics
 
   preempted = False

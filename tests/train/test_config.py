@@ -1,6 +1,7 @@
 """Every experiment config loads; variants are typed and checked; runlocal shrinks."""
 import pytest
 
+from jaxift.model import sharding
 from jaxift.train import config as config_lib
 from tests.train.conftest import REPO_ROOT, load_config_file
 
@@ -43,5 +44,5 @@ def test_mesh_rules_survive_a_json_round_trip():
   import json
   import ml_collections
   back = ml_collections.ConfigDict(json.loads(c.to_json_best_effort()))
-  assert config_lib.mesh_rules(back) == config_lib.mesh_rules(c)
-  assert ("batch", ("data", "fsdp")) in config_lib.mesh_rules(back)
+  assert sharding.mesh_rules(back) == sharding.mesh_rules(c)
+  assert ("batch", ("data", "fsdp")) in sharding.mesh_rules(back)
