@@ -8,11 +8,16 @@ setuptools.setup(
     packages=setuptools.find_packages(include=["jaxift", "jaxift.*"]),
     python_requires=">=3.10",
     install_requires=[
-        "jax>=0.6,<0.13",
-        "flax>=0.11,<0.14",
-        "optax>=0.2.4,<0.4",
-        "orbax-checkpoint>=0.11,<0.13",
-        "grain>=0.2.10,<0.4",
+        # Floors are what the code calls: flax.nnx APIs of 0.12.1 (which needs jax 0.8.1), Grain's
+        # checkpoint handler and packing of 0.2.13, Orbax's preservation policies of 0.11.14. jax
+        # 0.11.1 and 0.11.2 break `import flax.nnx` on flax 0.12.8/0.12.9 (flax#5596; Tunix pins
+        # jax<0.11.1 for the same reason), so the cap stops below them.
+        "jax>=0.8.1,<0.11.1",
+        "jaxlib>=0.8.1,<0.11.1",
+        "flax>=0.12.1,<0.13",
+        "optax>=0.2.4,<0.3",
+        "orbax-checkpoint>=0.11.14,<0.13",
+        "grain>=0.2.13,<0.3",
         "array_record>=0.7,<0.10",
         "transformers>=4.50,<6",
         "tokenizers>=0.21,<1",

@@ -13,11 +13,12 @@ code is reused across calls and across models with the same structure and shapes
 """
 import functools
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
+from flax import nnx, struct
 
 from jaxift.data import tokenize
 from jaxift.infer import sampling
@@ -36,7 +37,6 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
     segments[b, length - n:] = 1
   return tokens, positions, segments
 
-
 @functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
 def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temperature, top_k,
              top_p, *, cache_len: int, greedy: bool):
@@ -48,41 +48,49 @@ def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temp
                                  temperature=temperature, top_k=top_k, top_p=top_p)
   return first_B, cache
 
+@struct.dataclass
+class DecodeState:
+  """The decode loop's carry (as the Flax Gemma sampler keeps it): one named field per piece."""
+  step: jax.Array  # int32: index of the next token to write into `out_BxN`
+  cache: Any  # the model's KV cache
+  token_B: jax.Array  # the token fed at this step
+  position_B: jax.Array  # its position in its own sequence
+  done_B: jax.Array  # bool: the row has emitted a stop token
+  out_BxN: jax.Array  # generated tokens so far (pad_id after a row is done)
+  rng: jax.Array
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
 def _decode(graphdef, state, cache, first_B, next_position_B, prompt_len, stop_ids_S, pad_id, rng,
             temperature, top_k, top_p, *, max_new_tokens: int, greedy: bool):
   batch = first_B.shape[0]
-  out_BxN = jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B)
-  done_B = jnp.isin(first_B, stop_ids_S)
 
-  def cond(carry):
-    step, _, _, _, done_B, _, _ = carry
-    return (step < max_new_tokens) & ~jnp.all(done_B)
+  def cond(s: DecodeState):
+    return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
 
-  def body(carry):
-    step, cache, token_B, position_B, done_B, out_BxN, rng = carry
+  def body(s: DecodeState) -> DecodeState:
     model = nnx.merge(graphdef, state)
-    logits_Bx1xV, cache = model(token_B[:, None], position_B[:, None],
-                                jnp.ones((batch, 1), jnp.int32), cache=cache,
-                                cache_index=prompt_len + step - 1)
-    rng, step_rng = jax.random.split(rng)
+    logits_Bx1xV, cache = model(s.token_B[:, None], s.position_B[:, None],
+                                jnp.ones((batch, 1), jnp.int32), cache=s.cache,
+                                cache_index=prompt_len + s.step - 1)
+    rng, step_rng = jax.random.split(s.rng)
     next_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), step_rng,
                                   greedy=greedy, temperature=temperature, top_k=top_k,
                                   top_p=top_p)
-    next_B = jnp.where(done_B, pad_id, next_B)
-    out_BxN = jax.lax.dynamic_update_slice(out_BxN, next_B[:, None], (0, step))
-    done_B = done_B | jnp.isin(next_B, stop_ids_S)
-    return step + 1, cache, next_B, position_B + 1, done_B, out_BxN, rng
+    next_B = jnp.where(s.done_B, pad_id, next_B)
+    return DecodeState(
+        step=s.step + 1, cache=cache, token_B=next_B, position_B=s.position_B + 1,
+        done_B=s.done_B | jnp.isin(next_B, stop_ids_S),
+        out_BxN=jax.lax.dynamic_update_slice(s.out_BxN, next_B[:, None], (0, s.step)), rng=rng)
 
-  carry = (jnp.int32(1), cache, first_B, next_position_B, done_B, out_BxN, rng)
-  steps, _, _, _, _, out_BxN, _ = jax.lax.while_loop(cond, body, carry)
-  return out_BxN, steps
-
+  start = DecodeState(
+      step=jnp.int32(1), cache=cache, token_B=first_B, position_B=next_position_B,
+      done_B=jnp.isin(first_B, stop_ids_S),
+      out_BxN=jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B), rng=rng)
+  end = jax.lax.while_loop(cond, body, start)
+  return end.out_BxN, end.step
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
-
 
 def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -123,7 +131,6 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
     results.append(row[:cut])
   return results
 
-
 def encode_prompt(tokenizer, text: str) -> list[int]:
   """Token ids of an already templated prompt: the tokenizer's special tokens, never a double BOS."""
   ids = list(tokenizer.encode(text, add_special_tokens=True))
@@ -131,7 +138,6 @@ def encode_prompt(tokenizer, text: str) -> list[int]:
   if bos is not None and len(ids) >= 2 and ids[0] == ids[1] == bos:
     ids = ids[1:]
   return ids
-
 
 def trim_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
   """The text before the earliest occurrence of any stop string."""
@@ -142,7 +148,6 @@ def trim_at_stop_strings(text: str, stop_strings: Sequence[str] | None) -> str:
       if found != -1:
         cut = min(cut, found)
   return text[:cut]
-
 
 def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Sequence[int]], *,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
