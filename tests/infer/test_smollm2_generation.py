@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from jaxift.data import tokenize
 from jaxift.infer import multiple_choice, sampler
 
 INSTRUCTIONS = [
