@@ -133,9 +133,6 @@ def end_strings(tokenizer) -> tuple[str, ...]:
 def chat_options(cfg, tokenizer) -> templates.ChatOptions:
   """The data.* keys that change how the 'tokenizer' template renders and masks."""
   override = cfg.get('chat_template') or ''
-  if override and 'tokenizer' not in templates.parse_template(cfg.template):
-    raise ValueError(f"data.chat_template is set but data.template={cfg.template!r} has no "
-                     "'tokenizer' entry to use it")
   kwargs = template_kwargs(cfg)
   ends = end_strings(tokenizer) if tokenizer is not None else ()
   tags = tuple(cfg.get('reasoning_tags') or ('', ''))
@@ -148,7 +145,11 @@ def chat_options(cfg, tokenizer) -> templates.ChatOptions:
 
 
 def conversation_pieces(conv: formats.Conversation, cfg, tokenizer) -> list[templates.Piece]:
-  spec = templates.choose(templates.parse_template(cfg.template), conv, cfg.template_seed)
+  specs = templates.parse_template(cfg.template)
+  if cfg.get('chat_template') and 'tokenizer' not in specs:
+    raise ValueError(f"data.chat_template is set but data.template={cfg.template!r} has no "
+                     "'tokenizer' entry to use it")
+  spec = templates.choose(specs, conv, cfg.template_seed)
   options = chat_options(cfg, tokenizer) if spec == 'tokenizer' else templates.ChatOptions()
   return templates.render(spec, conv, tokenizer, options)
 
