@@ -277,8 +277,12 @@ def _final_rendering_pieces(conv: Conversation, rendered, options: ChatOptions) 
   final = rendered(len(conv.turns), False)
   header = _generation_header(conv, rendered, options)
   pieces, cut, pos = [], 0, 0
+  close_tag = options.reasoning_tags[1]
   for i, turn in enumerate(conv.turns):
     text = turn.text.strip()
+    if turn.role == 'assistant' and close_tag and close_tag in text:
+      # Reasoning inline in the content: thinking templates move or drop it; find the answer.
+      text = text.split(close_tag)[-1].strip()
     if turn.role != 'assistant':
       j = final.find(text, pos) if text else -1
       pos = j + len(text) if j >= 0 else pos  # tool results may be re-serialized: not required

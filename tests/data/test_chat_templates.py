@@ -105,6 +105,20 @@ def test_qwen3_multi_turn_is_kept_and_masked_on_its_final_rendering(cfg, smollm2
   assert full_tokens(ex)[:len(prompt2)] == prompt2
 
 
+def test_qwen3_reasoning_inline_in_the_content(cfg, smollm2_tokenizer):
+  # Dumps often keep the reasoning in the content; the template splits it out itself.
+  tok = smollm2_tokenizer
+  inline = [dict(m) for m in CHAT]
+  for m in inline:
+    if m['role'] == 'assistant':
+      m['content'] = f"<think>\n{m.pop('reasoning_content')}\n</think>\n\n{m['content']}"
+  assert render(tok, inline, ct.QWEN3) == render(tok, CHAT, ct.QWEN3)
+  ex = tokenize.tokenize_record({'messages': inline}, chat_cfg(cfg, ct.QWEN3), tok)
+  reference = tokenize.tokenize_record({'messages': CHAT}, cfg, tok)
+  assert full_tokens(ex) == full_tokens(reference)
+  assert trained(ex) == enc(tok, 'Four.') + [IM_END] + enc(tok, 'Six, of course.') + [IM_END]
+
+
 def test_train_on_reasoning_trains_the_rendered_reasoning(cfg, smollm2_tokenizer):
   tok = smollm2_tokenizer
   cfg = chat_cfg(cfg, ct.QWEN3, train_on_reasoning=True)
