@@ -25,6 +25,7 @@ class AuditReport:
   checked: int = 0  # examples tokenized and checked
   dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   violations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
+  turns_dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   first: dict = dataclasses.field(default_factory=dict)  # kind -> 'file:line: detail'
 
   @property
@@ -38,7 +39,9 @@ class AuditReport:
   def table(self) -> str:
     kinds = list(INVARIANTS) + sorted(k for k in self.violations if k not in INVARIANTS)
     lines = [f'mask audit: {self.checked} examples checked, {sum(self.dropped.values())} dropped '
-             f'({", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"})',
+             f'({", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"}); '
+             'turns dropped from kept examples: '
+             f'{", ".join(f"{k} {v}" for k, v in sorted(self.turns_dropped.items())) or "none"}',
              f'{"violation":<28} {"count":>7}  first',
              *(f'{k:<28} {self.violations[k]:>7}  {self.first.get(k, "")}' for k in kinds),
              'OK' if self.ok else f'FAILED: {sum(self.violations.values())} violations']
@@ -134,6 +137,7 @@ def run_audit(data_config, tokenizer, split: str = 'train', limit: int | None = 
       continue
     prompt = tokenize.prompt_tokens(record, data_config, tokenizer, where)
     report.checked += 1
+    report.turns_dropped.update(conv.notes)
     for kind, detail in check_example(conv, tokens, weights, prompt, tokenizer):
       report.add(kind, where, detail)
   return report

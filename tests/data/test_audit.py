@@ -73,6 +73,7 @@ def test_real_templates_pass_the_audit(cfg, smollm2_tokenizer, conversations, tm
     report = audit.run_audit(_cfg(copy.deepcopy(cfg), files, template, **extra), tok)
     assert report.ok, report.table()
     assert dict(report.dropped) == {'empty_turn': kinds.count('empty_user')}
+    assert dict(report.turns_dropped) == {'leading_non_user_turns': kinds.count('leading')}
     assert report.checked == len(kinds) - kinds.count('empty_user')
   plain = _files(tmp_path, [synthetic_chat.plain(r) for r in conversations], 'plain.jsonl')
   report = audit.run_audit(_cfg(copy.deepcopy(cfg), plain), tok)  # SmolLM2's own ChatML
