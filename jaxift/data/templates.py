@@ -287,11 +287,17 @@ def _final_rendering_pieces(conv: Conversation, rendered, options: ChatOptions) 
       j = final.find(text, pos) if text else -1
       pos = j + len(text) if j >= 0 else pos  # tool results may be re-serialized: not required
       continue
-    h = final.find(header, pos)
-    if h < 0:
-      raise RecordError(f'cannot find the generation prompt {header!r} of turn {i} in the final '
-                        'rendering', reason='template_alignment')
-    start = h + len(header)
+    if header:
+      h = final.find(header, pos)
+      if h < 0:
+        raise RecordError(f'cannot find the generation prompt {header!r} of turn {i} in the final '
+                          'rendering', reason='template_alignment')
+      start = h + len(header)
+    else:  # no generation prompt ([INST] style): the turn starts at its content
+      start = final.find(text, pos) if text else -1
+      if start < 0:
+        raise RecordError(f'the chat template has no generation prompt and the content of turn '
+                          f'{i} is not in the final rendering', reason='template_alignment')
     lead, _ = split_reasoning(final[start:], options)
     body = start + len(lead)
     end = _end_of_turn(final, body, options)

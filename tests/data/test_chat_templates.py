@@ -260,6 +260,27 @@ def test_mistral_inst_template(cfg, gpt2_tokenizer):
       tok, render(tok, msgs[:-1], ct.MISTRAL, gen=True))
 
 
+def test_mistral_v3_system_in_last_user_turn_and_no_generation_prompt(cfg, gpt2_tokenizer):
+  tok = gpt2_tokenizer
+  eos = tok.eos_token_id
+  msgs = [CHAT[0], CHAT[1], {'role': 'assistant', 'content': 'Four.'}, CHAT[3],
+          {'role': 'assistant', 'content': 'Six.'}]
+  final = render(tok, msgs, ct.MISTRAL_V3)
+  # The system text shows only while the last message is a user turn: not prefix-preserving.
+  assert final == ('<|endoftext|>[INST] What is 2+2?[/INST] Four.<|endoftext|>'
+                   '[INST] And 3+3?[/INST] Six.<|endoftext|>')
+  assert 'Be brief.' in render(tok, msgs[:2], ct.MISTRAL_V3, gen=True)
+  ex = tokenize.tokenize_record({'messages': msgs}, chat_cfg(cfg, ct.MISTRAL_V3), tok)
+  a1, a2 = final.index('Four.'), final.index('Six.')
+  e1, e2 = a1 + len('Four.<|endoftext|>'), a2 + len('Six.<|endoftext|>')
+  assert full_tokens(ex) == (enc(tok, final[:a1]) + enc(tok, final[a1:e1]) +
+                             enc(tok, final[e1:a2]) + enc(tok, final[a2:e2]))
+  assert trained(ex) == enc(tok, 'Four.') + [eos] + enc(tok, 'Six.') + [eos]  # not the ' '
+  prompt = tokenize.prompt_tokens({'messages': msgs}, cfg, tok)
+  assert prompt == full_tokens(ex)[:len(enc(tok, final[:a1]) +
+                                        enc(tok, final[a1:e1]) + enc(tok, final[e1:a2]))]
+
+
 def test_gemma3_template(cfg, tagged_tokenizer):
   tok = tagged_tokenizer
   end = tok.convert_tokens_to_ids('<end_of_turn>')
