@@ -240,8 +240,16 @@ def _set_trainable(conv: Conversation, cfg) -> None:
       turn.trainable = False
 
 
-def to_conversation(record: dict, cfg, where: str = 'record') -> Conversation:
-  """Normalizes one raw record. `where` names the record (file:line) in error messages."""
+# The answer put after a chat that ends with a user or tool turn when only its prompt is wanted
+# (generation): any text the templates render as is.
+OPEN_ANSWER = 'x'
+
+
+def to_conversation(record: dict, cfg, where: str = 'record', *,
+                    open_ended: bool = False) -> Conversation:
+  """Normalizes one raw record. `where` names the record (file:line) in error messages.
+  `open_ended`: a chat ending with a user or tool turn gets a placeholder answer (OPEN_ANSWER), so
+  that the prompt of the turn to generate can be rendered."""
   if not isinstance(record, dict):
     raise RecordError(f'{where}: expected a JSON object, got {type(record).__name__}')
   fmt = cfg.format if cfg.format != 'auto' else detect_format(record)
@@ -264,6 +272,8 @@ def to_conversation(record: dict, cfg, where: str = 'record') -> Conversation:
   for k, v in record.items():
     if isinstance(v, str) and k not in conv.fields:
       conv.fields[k] = v
+  if open_ended and conv.turns and conv.turns[-1].role in ('user', 'tool'):
+    conv.turns.append(Turn('assistant', OPEN_ANSWER, True))
   if not any(t.role == 'assistant' for t in conv.turns):
     raise RecordError(f'{where}: the conversation has no assistant turn', reason='no_response')
   if cfg.system_prompt and conv.turns[0].role != 'system':

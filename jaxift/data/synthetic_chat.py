@@ -85,7 +85,8 @@ def make_conversations(n: int, seed: int = 0) -> list[dict]:
 
 
 def plain(record: dict) -> dict:
-  """The same conversation as text turns only (no tools, calls or reasoning): the ChatML baseline."""
+  """The same conversation as text turns only (no tools, calls or reasoning): the ChatML
+  baseline."""
   messages = []
   for m in record['messages']:
     if m.get('tool_calls'):

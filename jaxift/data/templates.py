@@ -189,7 +189,8 @@ def _message(turn) -> dict:
 
 def split_reasoning(text: str, options: ChatOptions) -> tuple[str, bool]:
   """(reasoning block at the start of an assistant turn's text, whether it is trained): the open
-  tag (after whitespace) through the close tag and the whitespace after it; '' when there is none."""
+  tag (after whitespace) through the close tag and the whitespace after it; '' when there is
+  none."""
   open_tag, close_tag = options.reasoning_tags
   stripped = text.lstrip()
   if not open_tag or not stripped.startswith(open_tag):

@@ -223,9 +223,10 @@ def tokenize_record(record: dict, cfg, tokenizer, where: str = 'record') -> dict
 def prompt_tokens(record: dict, cfg, tokenizer, where: str = 'record') -> list[int]:
   """The tokens the model saw before the record's last response in training: BOS if any, template
   text, earlier turns and the generation prompt (with data.chat_template/chat_template_kwargs, and
-  an untrained reasoning block). Generate from them and stop on `end_token_ids`."""
+  an untrained reasoning block). A chat that ends with a user or tool turn gives the prompt of the
+  answer that would follow it. Generate from them and stop on `end_token_ids`."""
   try:
-    conv = formats.to_conversation(record, cfg, where)
+    conv = formats.to_conversation(record, cfg, where, open_ended=True)
     pieces = conversation_pieces(conv, cfg, tokenizer)
   except RecordError as e:
     raise _named(e, where) from None

@@ -23,7 +23,8 @@ def _write(tmp_path, records):
 
 def _cfg(cfg, files):
   cfg.train_files, cfg.split_fractions = files, (1.0, 0.0, 0.0)
-  cfg.template, cfg.max_seq_length, cfg.shuffle, cfg.prefetch_buffer_size = 'tokenizer', 64, False, 0
+  cfg.template, cfg.max_seq_length, cfg.shuffle = 'tokenizer', 64, False
+  cfg.prefetch_buffer_size = 0
   return cfg
 
 

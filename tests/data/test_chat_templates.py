@@ -38,7 +38,8 @@ SHAREGPT_TOOL_RECORD = {
     'conversations': [
         {'from': 'system', 'value': 'Be brief.'},
         {'from': 'human', 'value': 'Weather in Paris?'},
-        {'from': 'function_call', 'value': '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
+        {'from': 'function_call',
+         'value': '{"name": "get_weather", "arguments": {"city": "Paris"}}'},
         {'from': 'observation', 'value': '{"temp": 21}'},
         {'from': 'gpt', 'value': 'It is 21 C.'}]}
 CHAT = [
@@ -159,13 +160,22 @@ def test_empty_think_block_of_the_template_is_not_trained_unless_asked(cfg, smol
   assert trained(ex) == enc(tok, '<think>\n\n</think>\n\nFour.') + [IM_END]
 
 
+@pytest.mark.parametrize('template, kwargs', [(None, {}), (ct.QWEN3, {'enable_thinking': False})])
+def test_prompt_of_a_chat_that_ends_with_a_user_turn(cfg, smollm2_tokenizer, template, kwargs):
+  tok = smollm2_tokenizer
+  open_chat = CHAT[:4]  # ends with the user's 'And 3+3?': generate the answer
+  cfg = chat_cfg(cfg, template or '', chat_template_kwargs=kwargs)
+  prompt = tokenize.prompt_tokens({'messages': open_chat}, cfg, tok)
+  assert prompt == enc(tok, render(tok, open_chat, template, gen=True, **kwargs))
+
+
 def test_template_kwargs_and_override_reach_training_and_prompt(cfg, smollm2_tokenizer, tmp_path):
   tok = smollm2_tokenizer
   template = ('{%- if persona %}<|im_start|>system\nYou are {{ persona }}.<|im_end|>\n{% endif %}'
               '{%- for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n'
               '{% endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n{% endif %}')
-  msgs = CHAT[1:3] + [{'role': 'user', 'content': 'Why?'}, {'role': 'assistant', 'content': 'Math.'}]
-  msgs[1] = {'role': 'assistant', 'content': 'Four.'}
+  msgs = [CHAT[1], {'role': 'assistant', 'content': 'Four.'}, {'role': 'user', 'content': 'Why?'},
+          {'role': 'assistant', 'content': 'Math.'}]
   path = tmp_path / 'persona.jinja'
   path.write_text(template)
   for override in (template, str(path)):
