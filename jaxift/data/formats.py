@@ -9,8 +9,8 @@ function specs) reach the chat template.
 Robustness (the same for every multi-turn format; docs/data.md):
 - leading non-user turns (an assistant or tool turn before the first user turn) are dropped from
   the conversation and counted in `Conversation.notes` (FastChat's rule);
-- an empty system turn is dropped and counted; an empty user or tool turn drops the example
-  (`empty_turn`), an empty assistant turn `empty_response`;
+- an empty system turn is dropped and counted; an empty user turn drops the example
+  (`empty_turn`), an empty assistant turn `empty_response`; an empty tool result is kept;
 - two consecutive turns with the same role (tool turns excepted: parallel calls) are an error
   (`repeated_role`), and so is an unknown role (`unknown_role`).
 """
@@ -216,7 +216,7 @@ def _normalize_turns(conv: Conversation, where: str) -> None:
     seen_user = seen_user or turn.role == 'user'
     turns.append(turn)
   for i, turn in enumerate(turns):
-    if turn.role in ('user', 'tool') and not turn.text.strip():
+    if turn.role == 'user' and not turn.text.strip():  # (a tool may return nothing)
       raise RecordError(f'{where}: turn {i} ({turn.role}) is empty', reason='empty_turn')
     if i and turn.role == turns[i - 1].role and turn.role != 'tool':
       raise RecordError(f'{where}: turns {i - 1} and {i} both have role {turn.role!r}',
