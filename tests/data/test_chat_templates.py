@@ -311,3 +311,20 @@ def test_builtin_templates_refuse_tool_calls(cfg, smollm2_tokenizer):
   with pytest.raises(RecordError, match=r'^data.jsonl:4: .*cannot render tools') as e:
     tokenize.tokenize_record(TOOL_RECORD, cfg, smollm2_tokenizer, 'data.jsonl:4')
   assert e.value.reason == 'template_mismatch'
+
+
+def test_reasoning_inline_with_a_prefix_preserving_template(cfg, smollm2_tokenizer):
+  # SmolLM2's ChatML knows no reasoning: the block stays in the content, and is still recognised.
+  tok = smollm2_tokenizer
+  record = {'messages': [CHAT[1], {'role': 'assistant',
+                                   'content': '<think>\nTwo and two.\n</think>\n\nFour.'}]}
+  cfg.template = 'tokenizer'
+  ex = tokenize.tokenize_record(record, cfg, tok)
+  final = render(tok, record['messages'], None)
+  a = final.index('Four.')
+  assert full_tokens(ex) == enc(tok, final[:a]) + enc(tok, final[a:])
+  assert trained(ex) == enc(tok, 'Four.') + [IM_END]
+  cfg.train_on_reasoning = True
+  ex = tokenize.tokenize_record(record, cfg, tok)
+  assert full_tokens(ex) == enc(tok, final)
+  assert trained(ex) == enc(tok, '<think>\nTwo and two.\n</think>\n\nFour.') + [IM_END]
