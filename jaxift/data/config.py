@@ -56,7 +56,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   # inserts by itself only with train_on_empty_reasoning. Untrained blocks stay in the prompt.
   c.train_on_reasoning = False
   c.train_on_empty_reasoning = False
-  c.reasoning_tags = ('<think>', '</think>')
+  c.reasoning_tags = ('<think>', '</think>')  # () = recognise no reasoning block
   # --- masking and length ---
   c.train_on_prompt = False
   # Which assistant messages are trained: 'assistant' (replies) and 'tool_call' (messages that

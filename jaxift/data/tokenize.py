@@ -135,7 +135,8 @@ def chat_options(cfg, tokenizer) -> templates.ChatOptions:
   override = cfg.get('chat_template') or ''
   kwargs = template_kwargs(cfg)
   ends = end_strings(tokenizer) if tokenizer is not None else ()
-  tags = tuple(cfg.get('reasoning_tags') or ('', ''))
+  tags = cfg.get('reasoning_tags', ('<think>', '</think>'))
+  tags = tuple(tags) if tags else ('', '')  # () or None: no reasoning blocks
   return templates.ChatOptions(
       chat_template=templates.read_chat_template(override) if override else None,
       kwargs=tuple(kwargs.items()),
