@@ -7,6 +7,8 @@ highlighted (green in a terminal; --html FILE for a browser) and each batch's pa
   python tools/inspect_batch.py --tokenizer=PATH.gguf --data.source=synthetic \
       --data.template=tokenizer
   python tools/inspect_batch.py --config=configs/quickstart.py  # its data config and tokenizer
+  python tools/inspect_batch.py --config=... --check  # mask audit (jaxift/data/audit.py); exit 1
+                                                      # on any violation
 """
 import html
 import pathlib
@@ -18,7 +20,7 @@ from ml_collections import config_flags
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import pipeline  # noqa: E402
+from jaxift.data import audit, pipeline  # noqa: E402
 from jaxift.data.config import default_data_config  # noqa: E402
 from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
@@ -31,6 +33,8 @@ _SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'validation', 'test'], 'w
 _BATCH = flags.DEFINE_integer('batch_size', 4, 'rows per batch')
 _NUM = flags.DEFINE_integer('num_batches', 1, 'how many batches to show')
 _HTML = flags.DEFINE_string('html', None, 'also write an HTML page here')
+_CHECK = flags.DEFINE_bool('check', False, 'audit the masks of every example of the split '
+                            'instead of showing batches; exits 1 on any violation')
 _COLOR = flags.DEFINE_bool('color', None, 'ANSI colours (default: when stdout is a terminal)')
 
 GREEN, DIM, RESET = '\x1b[1;32m', '\x1b[2m', '\x1b[0m'
@@ -112,6 +116,10 @@ def main(argv) -> None:
   if not tokenizer_path:
     raise app.UsageError('give --tokenizer (or --config with a tokenizer or model path)')
   tokenizer = load_tokenizer(tokenizer_path)
+  if _CHECK.value:
+    report = audit.run_audit(data, tokenizer, split=_SPLIT.value)
+    print(report.table())
+    sys.exit(0 if report.ok else 1)
   color = sys.stdout.isatty() if _COLOR.value is None else _COLOR.value
   print(inspect(data, tokenizer, split=_SPLIT.value, batch_size=_BATCH.value,
                 num_batches=_NUM.value, color=color, html_path=_HTML.value))

@@ -45,8 +45,24 @@ def default_data_config() -> ml_collections.ConfigDict:
   # for a FLAN-style mixture (one drawn per example with template_seed).
   c.template = ml_collections.FieldReference('alpaca', field_type=object)
   c.template_seed = 0
+  # For template='tokenizer': a jinja chat template replacing the tokenizer's own (inline jinja, or
+  # a path to a .jinja file; '' = the tokenizer's), and keyword arguments passed to every render
+  # (training, tokenize.prompt_tokens for generation, evaluation): a dict, or its JSON/Python text
+  # on the command line, e.g. --config.data.chat_template_kwargs="{'enable_thinking': False}".
+  c.chat_template = ''
+  c.chat_template_kwargs = ml_collections.FieldReference(None, field_type=object)
+  # Reasoning blocks (<think>...</think> at the start of an assistant turn): a message's
+  # reasoning_content is trained only with train_on_reasoning; the empty block a thinking template
+  # inserts by itself only with train_on_empty_reasoning. Untrained blocks stay in the prompt.
+  c.train_on_reasoning = False
+  c.train_on_empty_reasoning = False
+  c.reasoning_tags = ('<think>', '</think>')  # () = recognise no reasoning block
   # --- masking and length ---
   c.train_on_prompt = False
+  # Which assistant messages are trained: 'assistant' (replies) and 'tool_call' (messages that
+  # call tools). User, system and tool turns never are.
+  c.roles_to_train = ('assistant', 'tool_call')
+  c.train_on_last_turn_only = False  # train only the conversation's last trainable turn
   c.add_bos = placeholder(bool)  # None = what the tokenizer does by default
   c.max_seq_length = 512  # row length T of inputs/targets (an example has at most T+1 tokens)
   c.overlong = 'drop'  # 'drop' | 'truncate_prompt' | 'truncate'

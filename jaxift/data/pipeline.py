@@ -14,6 +14,7 @@ from jaxift.data.formats import RecordError
 from jaxift.data.stats import ALWAYS_COUNTED, DropStats
 
 DROP_KEY = '_drop_reason'
+NOTES_KEY = '_notes'  # turns dropped inside a kept example (e.g. leading non-user turns), by reason
 PRETOKENIZED_KEYS = ('inputs', 'targets', 'weights')
 
 
@@ -30,7 +31,10 @@ class TokenizeRecord(grain.transforms.Map):
     try:
       if isinstance(record, dict) and all(k in record for k in PRETOKENIZED_KEYS):
         return from_pretokenized(record, self._cfg, where)
-      return tokenize.tokenize_record(record, self._cfg, self._tokenizer, where)
+      ex, notes = tokenize.tokenize_record_with_notes(record, self._cfg, self._tokenizer, where)
+      if notes:
+        ex[NOTES_KEY] = notes
+      return ex
     except RecordError as e:
       if e.reason in ALWAYS_COUNTED or self._cfg.skip_invalid:
         return {DROP_KEY: e.reason}
@@ -65,6 +69,9 @@ class CountDrops:
     self._consecutive = 0
 
   def __call__(self, ex: dict[str, Any]) -> bool:
+    notes = ex.pop(NOTES_KEY, None)  # counted here, then gone before batching
+    if notes:
+      self._stats.update(notes)
     reason = ex.get(DROP_KEY)
     if reason is None:
       self._stats.add('kept')

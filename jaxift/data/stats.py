@@ -4,8 +4,8 @@ import threading
 
 # Reasons that are dropped and counted by default; any other RecordError fails the run unless
 # data.skip_invalid is set (then it is counted too).
-ALWAYS_COUNTED = ('empty_response', 'all_zero_mask', 'too_long', 'too_long_response',
-                  'no_trainable_tokens')
+ALWAYS_COUNTED = ('empty_response', 'empty_turn', 'all_zero_mask', 'too_long',
+                  'too_long_response', 'no_trainable_tokens')
 
 
 class DropStats:

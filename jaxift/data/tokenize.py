@@ -1,7 +1,10 @@
 """Conversation -> tokens and loss weights (the masking rules of DESIGN.md section 3), then the
 per-example shift to inputs/targets/weights/positions, before any padding or packing."""
+import ast
 import dataclasses
 import functools
+import json
+from typing import Any
 
 import numpy as np
 
@@ -91,9 +94,65 @@ def encode_pieces(pieces: list[templates.Piece], cfg, tokenizer) -> tuple[list[i
   return tokens, weights
 
 
+def template_kwargs(cfg) -> dict[str, Any]:
+  """data.chat_template_kwargs as a dict: a dict/ConfigDict, or its JSON or Python-literal text."""
+  value = cfg.get('chat_template_kwargs')
+  if value is None or value == '':
+    return {}
+  if isinstance(value, str):
+    try:
+      value = json.loads(value)
+    except json.JSONDecodeError:
+      value = ast.literal_eval(value)  # "{'enable_thinking': False}" from a command line
+  if hasattr(value, 'as_configdict'):  # a FrozenConfigDict (the pipeline freezes data config)
+    value = value.as_configdict()
+  if hasattr(value, 'to_dict'):
+    value = value.to_dict()
+  if not isinstance(value, dict):
+    raise ValueError(f'data.chat_template_kwargs must be a dict, got {value!r}')
+  return dict(value)
+
+
+@functools.lru_cache(maxsize=16)
+def _end_strings_cached(tokenizer) -> tuple[str, ...]:
+  info = tokenizer_info(tokenizer)
+  ends = [s for s in END_OF_TURN_STRINGS if single_token_id(tokenizer, s) in info.end_ids]
+  if tokenizer.eos_token:
+    ends.append(tokenizer.eos_token)
+  return tuple(dict.fromkeys(ends))
+
+
+def end_strings(tokenizer) -> tuple[str, ...]:
+  """Texts of the tokens that end a turn under the 'tokenizer' template (cached per tokenizer)."""
+  try:
+    return _end_strings_cached(tokenizer)
+  except TypeError:  # unhashable tokenizer object
+    return _end_strings_cached.__wrapped__(tokenizer)
+
+
+def chat_options(cfg, tokenizer) -> templates.ChatOptions:
+  """The data.* keys that change how the 'tokenizer' template renders and masks."""
+  override = cfg.get('chat_template') or ''
+  kwargs = template_kwargs(cfg)
+  ends = end_strings(tokenizer) if tokenizer is not None else ()
+  tags = cfg.get('reasoning_tags', ('<think>', '</think>'))
+  tags = tuple(tags) if tags else ('', '')  # () or None: no reasoning blocks
+  return templates.ChatOptions(
+      chat_template=templates.read_chat_template(override) if override else None,
+      kwargs=tuple(kwargs.items()),
+      train_on_reasoning=bool(cfg.get('train_on_reasoning', False)),
+      train_on_empty_reasoning=bool(cfg.get('train_on_empty_reasoning', False)),
+      reasoning_tags=tags, end_strings=ends)
+
+
 def conversation_pieces(conv: formats.Conversation, cfg, tokenizer) -> list[templates.Piece]:
-  spec = templates.choose(templates.parse_template(cfg.template), conv, cfg.template_seed)
-  return templates.render(spec, conv, tokenizer)
+  specs = templates.parse_template(cfg.template)
+  if cfg.get('chat_template') and 'tokenizer' not in specs:
+    raise ValueError(f"data.chat_template is set but data.template={cfg.template!r} has no "
+                     "'tokenizer' entry to use it")
+  spec = templates.choose(specs, conv, cfg.template_seed)
+  options = chat_options(cfg, tokenizer) if spec == 'tokenizer' else templates.ChatOptions()
+  return templates.render(spec, conv, tokenizer, options)
 
 
 def fit_length(tokens: list[int], weights: list[float], cfg, bos_id: int | None, where: str):
@@ -125,27 +184,53 @@ def shift(tokens: list[int], weights: list[float]) -> dict[str, np.ndarray]:
           'weights': np.asarray(weights[1:], np.float32), 'positions': np.arange(n, dtype=np.int32)}
 
 
-def tokenize_record(record: dict, cfg, tokenizer, where: str = 'record') -> dict[str, np.ndarray]:
-  """Raw record -> one shifted example; raises RecordError (with a drop reason) when unusable."""
-  conv = formats.to_conversation(record, cfg, where)
-  tokens, weights = encode_pieces(conversation_pieces(conv, cfg, tokenizer), cfg, tokenizer)
+def _named(error: RecordError, where: str) -> RecordError:
+  """The same error, its message starting with the record's file:line."""
+  if str(error).startswith(where):
+    return error
+  return RecordError(f'{where}: {error}', reason=error.reason)
+
+
+def encode_record(record: dict, cfg, tokenizer, where: str = 'record'):
+  """Raw record -> (conversation, tokens, weights) before the over-long policy and the shift."""
+  try:
+    conv = formats.to_conversation(record, cfg, where)
+    tokens, weights = encode_pieces(conversation_pieces(conv, cfg, tokenizer), cfg, tokenizer)
+  except RecordError as e:
+    raise _named(e, where) from None
   if not any(weights[1:]):
     raise RecordError(f'{where}: the template leaves no trained token (all-zero mask)',
                       reason='all_zero_mask')
+  return conv, tokens, weights
+
+
+def tokenize_record_with_notes(record: dict, cfg, tokenizer, where: str = 'record'):
+  """(shifted example, turns dropped while normalizing by reason): the pipeline counts both."""
+  conv, tokens, weights = encode_record(record, cfg, tokenizer, where)
   if cfg.train_on_prompt:
     weights = [0.0] + [1.0] * (len(tokens) - 1)
   tokens, weights = fit_length(tokens, weights, cfg, tokenizer_info(tokenizer).bos_id, where)
   if len(tokens) < 2 or not any(weights[1:]):
     raise RecordError(f'{where}: no trained token left after truncation',
                       reason='no_trainable_tokens')
-  return shift(tokens, weights)
+  return shift(tokens, weights), dict(conv.notes)
 
 
-def prompt_tokens(record: dict, cfg, tokenizer) -> list[int]:
+def tokenize_record(record: dict, cfg, tokenizer, where: str = 'record') -> dict[str, np.ndarray]:
+  """Raw record -> one shifted example; raises RecordError (with a drop reason) when unusable."""
+  return tokenize_record_with_notes(record, cfg, tokenizer, where)[0]
+
+
+def prompt_tokens(record: dict, cfg, tokenizer, where: str = 'record') -> list[int]:
   """The tokens the model saw before the record's last response in training: BOS if any, template
-  text, earlier turns and the generation prompt. Generate from them and stop on `end_token_ids`."""
-  conv = formats.to_conversation(record, cfg)
-  pieces = conversation_pieces(conv, cfg, tokenizer)
+  text, earlier turns and the generation prompt (with data.chat_template/chat_template_kwargs, and
+  an untrained reasoning block). A chat that ends with a user or tool turn gives the prompt of the
+  answer that would follow it. Generate from them and stop on `end_token_ids`."""
+  try:
+    conv = formats.to_conversation(record, cfg, where, open_ended=True)
+    pieces = conversation_pieces(conv, cfg, tokenizer)
+  except RecordError as e:
+    raise _named(e, where) from None
   last = max(i for i, p in enumerate(pieces)
              if p.trained and p.end in (None, templates.AUTO_END))  # the last response's text
   tokens, _ = encode_pieces(pieces[:last], cfg, tokenizer)
