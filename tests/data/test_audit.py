@@ -1,4 +1,4 @@
-"""The mask audit (jaxift/data/audit.py, tools/inspect_batch.py --check): hand-made violations are
+"""The mask audit (jaxift/data/audit.py, python -m jaxift.tools.inspect_batch --check): hand-made violations are
 each found; real templates over synthetic tool/reasoning conversations have none."""
 import copy
 import json
@@ -93,7 +93,7 @@ def test_a_template_without_end_token_fails_the_audit_and_the_tool(cfg, smollm2_
   assert report.first['end_token'].startswith(f'{files}:1: trained run')
   assert f'{files}:1: trained run' in report.table()
   run = subprocess.run(
-      [sys.executable, str(REPO / 'tools/inspect_batch.py'), f'--tokenizer={smollm2_gguf}',
+      [sys.executable, '-m', 'jaxift.tools.inspect_batch', f'--tokenizer={smollm2_gguf}',
        f'--data.train_files={files}', '--data.split_fractions=(1.0,0.0,0.0)',
        '--data.template=tokenizer', f'--data.chat_template={template}', '--check'],
       capture_output=True, text=True, cwd=REPO, timeout=300)

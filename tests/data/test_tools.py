@@ -1,4 +1,4 @@
-"""tools/preprocess.py (ArrayRecord, data_params.json, atomic output) and tools/inspect_batch.py."""
+"""tools/preprocess.py (ArrayRecord, data_params.json, atomic output) and jaxift.tools.inspect_batch."""
 import json
 import pathlib
 import sys
@@ -9,8 +9,8 @@ import pytest
 from jaxift.data import pipeline, synthetic
 from jaxift.data.config import default_data_config
 
+from jaxift.tools import inspect_batch
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / 'tools'))
-import inspect_batch  # noqa: E402
 import preprocess  # noqa: E402
 
 RECORDS = synthetic.make_examples(20, seed=9) + [

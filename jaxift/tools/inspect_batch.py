@@ -1,17 +1,16 @@
 """Shows what the model is trained on: decoded examples of real batches with the trained tokens
 highlighted (green in a terminal; --html FILE for a browser) and each batch's padding efficiency.
 
-  python tools/inspect_batch.py --tokenizer=../shared/data/gpt2 \
+  python -m jaxift.tools.inspect_batch --tokenizer=../shared/data/gpt2 \
       --data.train_files=../shared/data/instruction-data.json --data.batching=packing \
       --batch_size=4 --num_batches=2 --html=/tmp/batch.html
-  python tools/inspect_batch.py --tokenizer=PATH.gguf --data.source=synthetic \
+  python -m jaxift.tools.inspect_batch --tokenizer=PATH.gguf --data.source=synthetic \
       --data.template=tokenizer
-  python tools/inspect_batch.py --config=configs/quickstart.py  # its data config and tokenizer
-  python tools/inspect_batch.py --config=... --check  # mask audit (jaxift/data/audit.py); exit 1
+  python -m jaxift.tools.inspect_batch --config=configs/quickstart.py  # its data config and tokenizer
+  python -m jaxift.tools.inspect_batch --config=... --check  # mask audit (jaxift/data/audit.py); exit 1
                                                       # on any violation
 """
 import html
-import pathlib
 import sys
 
 from absl import app
@@ -19,23 +18,30 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import audit, pipeline  # noqa: E402
-from jaxift.data.config import default_data_config  # noqa: E402
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
+from jaxift import fileio
+from jaxift.data import audit, pipeline
+from jaxift.data.config import default_data_config
+from jaxift.data.tokenizers import load_tokenizer
 
-_DATA = config_flags.DEFINE_config_dict('data', default_data_config(), lock_config=True)
-_CONFIG = config_flags.DEFINE_config_file(
-    'config', None, 'an experiment config: its config.data (override with --config.data.x=...) '
-    'and its tokenizer (config.tokenizer.path, else config.model.path) replace --data.*')
-_TOKENIZER = flags.DEFINE_string('tokenizer', None, 'HF dir, .gguf, or GPT-2 files folder')
-_SPLIT = flags.DEFINE_enum('split', 'train', ['train', 'validation', 'test'], 'which split')
-_BATCH = flags.DEFINE_integer('batch_size', 4, 'rows per batch')
-_NUM = flags.DEFINE_integer('num_batches', 1, 'how many batches to show')
-_HTML = flags.DEFINE_string('html', None, 'also write an HTML page here')
-_CHECK = flags.DEFINE_bool('check', False, 'audit the masks of every example of the split '
-                            'instead of showing batches; exits 1 on any violation')
-_COLOR = flags.DEFINE_bool('color', None, 'ANSI colours (default: when stdout is a terminal)')
+def define_flags() -> None:
+  """The command-line flags; defined only when run as a program, so that importing this module
+  (tests, other tools) never clashes with flags of the same names elsewhere."""
+  config_flags.DEFINE_config_dict('data', default_data_config(), lock_config=True)
+  config_flags.DEFINE_config_file(
+      'config', None, 'an experiment config: its config.data (override with --config.data.x=...) '
+      'and its tokenizer (config.tokenizer.path, else config.model.path) replace --data.*')
+  flags.DEFINE_string('tokenizer', None, 'HF dir, .gguf, or GPT-2 files folder')
+  flags.DEFINE_enum('split', 'train', ['train', 'validation', 'test'], 'which split')
+  flags.DEFINE_integer('batch_size', 4, 'rows per batch')
+  flags.DEFINE_integer('num_batches', 1, 'how many batches to show')
+  flags.DEFINE_string('html', None, 'also write an HTML page here')
+  flags.DEFINE_bool('check', False, 'audit the masks of every example of the split '
+                              'instead of showing batches; exits 1 on any violation')
+  flags.DEFINE_bool('color', None, 'ANSI colours (default: when stdout is a terminal)')
+
+
+FLAGS = flags.FLAGS
+
 
 GREEN, DIM, RESET = '\x1b[1;32m', '\x1b[2m', '\x1b[0m'
 
@@ -100,30 +106,29 @@ def inspect(data_config, tokenizer, *, split: str, batch_size: int, num_batches:
         page.append(f'<p>row {row} segment {s}</p><pre>{render_html(tokenizer, ids, flags_)}</pre>')
   lines.append(f'drops: {it.stats}')
   if html_path:
-    tmp = pathlib.Path(html_path + '.tmp')
-    tmp.write_text('\n'.join(page), encoding='utf-8')
-    tmp.rename(html_path)
+    fileio.write_text(html_path, '\n'.join(page))
   return '\n'.join(lines)
 
 
 def main(argv) -> None:
   del argv
-  data, tokenizer_path = _DATA.value, _TOKENIZER.value
-  if _CONFIG.value is not None:
-    config = _CONFIG.value
+  data, tokenizer_path = FLAGS.data, FLAGS.tokenizer
+  if FLAGS.config is not None:
+    config = FLAGS.config
     data = config.data
     tokenizer_path = tokenizer_path or config.tokenizer.path or config.model.path
   if not tokenizer_path:
     raise app.UsageError('give --tokenizer (or --config with a tokenizer or model path)')
   tokenizer = load_tokenizer(tokenizer_path)
-  if _CHECK.value:
-    report = audit.run_audit(data, tokenizer, split=_SPLIT.value)
+  if FLAGS.check:
+    report = audit.run_audit(data, tokenizer, split=FLAGS.split)
     print(report.table())
     sys.exit(0 if report.ok else 1)
-  color = sys.stdout.isatty() if _COLOR.value is None else _COLOR.value
-  print(inspect(data, tokenizer, split=_SPLIT.value, batch_size=_BATCH.value,
-                num_batches=_NUM.value, color=color, html_path=_HTML.value))
+  color = sys.stdout.isatty() if FLAGS.color is None else FLAGS.color
+  print(inspect(data, tokenizer, split=FLAGS.split, batch_size=FLAGS.batch_size,
+                num_batches=FLAGS.num_batches, color=color, html_path=FLAGS.html))
 
 
 if __name__ == '__main__':
+  define_flags()
   app.run(main)
