@@ -21,7 +21,7 @@ from jaxift.data.pipeline import make_iterator
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.infer import generation_check
 from jaxift.model import sharding
-from jaxift.train import host_batches
+from jaxift.train import host_batches, optimizer
 from jaxift.train import state as state_lib
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -53,8 +53,9 @@ def main():
   if args.before:
     out["exact_match_before"] = generation_check.exact_match_eval(
         state.model(), tokenizer, config, 64)["exact_match"]
-  trainable = jax.tree.leaves(state.params)
-  out["trainable_params"] = int(sum(int(np.prod(x.shape)) for x in trainable))
+  mask = optimizer.trainable_mask(state.params, config.train.freeze_regex)
+  out["trainable_params"] = int(sum(int(np.prod(x.shape)) for x, t in zip(
+      jax.tree.leaves(state.params), jax.tree.leaves(mask)) if t))
   out["opt_state_bytes"] = int(sum(x.nbytes for x in jax.tree.leaves(state.opt_state)
                                    if hasattr(x, "nbytes")))
   it = make_iterator(config.data, tokenizer, split="train", batch_size=config.train.global_batch_size,
