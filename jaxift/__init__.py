@@ -6,6 +6,11 @@ The notebook API is imported lazily so that `import jaxift` stays cheap:
   jaxift.plot_metrics(workdir)
 """
 import importlib
+import os
+
+# transformers announces "PyTorch was not found" at import; jaxift needs only its tokenizers, so
+# the advice is noise for a jaxift user (set the variable to 0 to see transformers' advice again).
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 __version__ = "0.1.0"
 

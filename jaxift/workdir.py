@@ -12,9 +12,14 @@ The trainer, the evaluation flow, the notebook API and the export tools all use 
 imports the model and data layers, never the trainer. Restoring goes through abstract arrays that
 carry the TARGET shardings, so a run saved on one mesh restores onto another.
 """
+import datetime
+import glob
+import hashlib
 import json
 import logging
 import os
+import shutil
+import socket
 import tempfile
 from typing import Any
 
@@ -36,6 +41,9 @@ MODEL_CONFIG_FILE = "model_config.json"
 TOKENIZER_DIR = "tokenizer"
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
+LOCK_FILE = "lock.json"
+IDENTITY_FILE = "run_identity.json"
+HISTORY_FILE = "history.jsonl"
 VALIDATION_METRIC = "validation_loss"
 
 
@@ -64,6 +72,40 @@ def absolute(workdir: str | epath.Path) -> epath.Path:
   if "://" in str(workdir):
     return epath.Path(workdir)
   return epath.Path(os.path.abspath(os.fspath(workdir)))
+
+
+class CheckpointWriteError(OSError):
+  """A checkpoint could not be written; the partial one was removed."""
+
+
+class CheckpointRestoreError(RuntimeError):
+  """No checkpoint of the run directory restores."""
+
+
+def preflight(workdir: str | epath.Path) -> None:
+  """Before any compute: the run directory and its checkpoints/ can be written (a read-only folder
+  used to surface as a 300 s Orbax timeout at the first save)."""
+  directory = absolute(workdir) / CHECKPOINT_DIR
+  probe = directory / f".preflight-{os.getpid()}"
+  try:
+    directory.mkdir(parents=True, exist_ok=True)
+    probe.write_text("ok")
+    probe.unlink()
+  except OSError as e:
+    raise CheckpointWriteError(f"{directory} is not writable ({type(e).__name__}: {e}): "
+                               "checkpoints could not be saved") from e
+
+
+def check_free_space(workdir: str | epath.Path, needed_bytes: int) -> None:
+  """Local disks: free space must hold at least one checkpoint of `needed_bytes`."""
+  directory = absolute(workdir)
+  if "://" in str(directory):
+    return
+  free = shutil.disk_usage(os.fspath(directory)).free
+  if free < needed_bytes:
+    raise CheckpointWriteError(
+        f"{directory} has {free / 2**30:.2f} GiB free, less than one checkpoint "
+        f"({needed_bytes / 2**30:.2f} GiB of parameters and optimizer state)")
 
 
 class Checkpointer:
@@ -123,8 +165,58 @@ class Checkpointer:
       items["data_iter"] = grain.checkpoint.CheckpointRestore(data_iter)
     return dict(self.manager.restore(step, args=ocp.args.Composite(**items)).items())
 
+  def restore_latest(self, *, abstract_params: Any, abstract_opt_state: Any = None,
+                     data_iter_fn: Any = None, warn=logging.warning) -> tuple[int, dict[str, Any]]:
+    """(step, restored items) of the newest checkpoint that restores, newest first.
+
+    A checkpoint that fails (truncated or corrupt files) is reported in one line -- step, error --
+    and the previous one is tried. `data_iter_fn()` makes a fresh iterator for each attempt (a
+    failed restore may leave one half-set). With none restoring: one-line CheckpointRestoreError.
+    """
+    failures = []
+    for step in sorted(self.all_steps(), reverse=True):
+      data_iter = data_iter_fn() if data_iter_fn is not None else None
+      try:
+        items = self.restore(step, abstract_params=abstract_params,
+                             abstract_opt_state=abstract_opt_state, data_iter=data_iter)
+      except Exception as e:  # pylint: disable=broad-except  (any broken file: try the older one)
+        if "process_" in str(e):  # written by another process count: the caller handles it
+          raise
+        reason = f"{type(e).__name__}: {str(e).splitlines()[0][:300] if str(e) else ''}"
+        failures.append(f"step {step} ({reason})")
+        warn(f"checkpoint {self.directory / str(step)} does not restore ({reason}); "
+             "trying the previous one")
+        continue
+      items["data_iter"] = data_iter
+      return step, items
+    raise CheckpointRestoreError(f"no checkpoint in {self.directory} restores: "
+                                 + "; ".join(failures))
+
+  def check_for_errors(self) -> None:
+    """Raises CheckpointWriteError at once when a background save failed (disk full, permissions),
+    after removing the partial checkpoint it left."""
+    try:
+      self.manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except  (Orbax re-raises the writer's error)
+      self._remove_partial()
+      raise CheckpointWriteError(f"writing a checkpoint to {self.directory} failed: "
+                                 f"{type(e).__name__}: {e}") from e
+
+  def _remove_partial(self) -> None:
+    for partial in self.directory.glob("*.orbax-checkpoint-tmp*"):
+      partial.rmtree(missing_ok=True) if partial.is_dir() else partial.unlink(missing_ok=True)
+
   def wait(self) -> None:
+    try:
+      self.manager.wait_until_finished()
+    except Exception as e:  # pylint: disable=broad-except
+      self._remove_partial()
+      raise CheckpointWriteError(f"writing a checkpoint to {self.directory} failed: "
+                                 f"{type(e).__name__}: {e}") from e
+
+  def delete(self, step: int) -> None:
     self.manager.wait_until_finished()
+    self.manager.delete(step)
 
   def close(self) -> None:
     self.manager.wait_until_finished()
@@ -196,11 +288,224 @@ def read_metrics(workdir: str | epath.Path, split: str | None = None) -> list[di
     raise FileNotFoundError(f"{path} does not exist: no metrics were written in this workdir")
   records = [json.loads(line) for f in files for line in f.read_text().splitlines()
              if line.strip()]
-  return [r for r in records if split is None or r.get("split") == split]
+  # A run killed after writing a row and resumed from an earlier checkpoint writes that step's row
+  # again: the later row is the one of the run that went on.
+  latest = {(r.get("step"), r.get("split")): i for i, r in enumerate(records)}
+  return [r for i, r in enumerate(records) if latest[(r.get("step"), r.get("split"))] == i
+          and (split is None or r.get("split") == split)]
 
 
 def eval_dir(workdir: str | epath.Path, step: int) -> epath.Path:
   return epath.Path(workdir) / "eval" / f"step_{step}"
+
+
+# ---- the lock: one trainer per run directory -------------------------------------------------------
+
+class WorkdirLockedError(RuntimeError):
+  """Another live trainer holds the run directory."""
+
+
+def _pid_alive(pid: int) -> bool:
+  try:
+    os.kill(pid, 0)
+  except ProcessLookupError:
+    return False
+  except PermissionError:  # alive, owned by someone else
+    return True
+  return True
+
+
+class WorkdirLock:
+  """`workdir/lock.json` with host, pid and start time, held for the life of a training run.
+
+  A second trainer on the same workdir refuses to start and names the holder. A lock left by a
+  process that is gone (same host, pid not running) is taken over with a warning. On a local disk
+  the file is created with O_EXCL, so two trainers started together cannot both win; on an object
+  store the check-then-write leaves a small race, which the message names.
+  """
+
+  def __init__(self, workdir: str | epath.Path):
+    self.path = epath.Path(workdir) / LOCK_FILE
+    self.held = False
+
+  def _holder(self) -> dict:
+    try:
+      return json.loads(self.path.read_text())
+    except (OSError, ValueError):
+      return {}
+
+  def acquire(self) -> None:
+    me = {"host": socket.gethostname(), "pid": os.getpid(),
+          "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    for _ in range(2):
+      if self._create(json.dumps(me)):
+        self.held = True
+        return
+      holder = self._holder()
+      if (holder.get("host") == me["host"] and isinstance(holder.get("pid"), int)
+          and not _pid_alive(holder["pid"])):
+        logging.warning("taking over the stale lock %s of process %s (no longer running)",
+                        self.path, holder.get("pid"))
+        self.path.unlink(missing_ok=True)
+        continue
+      raise WorkdirLockedError(
+          f"{self.path.parent} is in use by another trainer (host {holder.get('host', '?')}, pid "
+          f"{holder.get('pid', '?')}, started {holder.get('started', '?')}): two runs on one "
+          f"workdir would overwrite each other's checkpoints. Use another --workdir, or remove "
+          f"{self.path} if that process is gone.")
+    raise WorkdirLockedError(f"could not take the lock {self.path}")
+
+  def _create(self, text: str) -> bool:
+    if "://" in str(self.path):  # object stores have no O_EXCL: check, then write
+      if self.path.exists():
+        return False
+      fileio.write_text(self.path, text)
+      return True
+    try:
+      fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+    except FileExistsError:
+      return False
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+    return True
+
+  def release(self) -> None:
+    if self.held and self._holder().get("pid") == os.getpid():
+      self.path.unlink(missing_ok=True)
+    self.held = False
+
+
+# ---- run identity: what a resume may not change silently --------------------------------------------
+
+# Parts of the identity a resume may change with config.checkpoint.allow_changes.
+IDENTITY_PARTS = ("model", "tokenizer", "data", "objective")
+# Data options that change only speed, never which tokens are trained.
+_DATA_SPEED_KEYS = ("num_workers", "worker_buffer_size", "prefetch_buffer_size")
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+  """sha256 of what decides the token ids: the vocabulary and merges (the tokenizers JSON), the
+  special tokens and the chat template."""
+  h = hashlib.sha256()
+  backend = getattr(tokenizer, "backend_tokenizer", None)
+  if backend is not None:
+    h.update(backend.to_str().encode())
+  else:
+    h.update(json.dumps(sorted(tokenizer.get_vocab().items())).encode())
+  h.update(json.dumps([tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id,
+                       getattr(tokenizer, "chat_template", None)], default=str).encode())
+  return h.hexdigest()
+
+
+def _file_stats(spec: Any) -> list[dict]:
+  """[{path, size, mtime}] of every local file a data files option names (remote: the path)."""
+  if not spec:
+    return []
+  paths = spec.split(",") if isinstance(spec, str) else list(spec)
+  out = []
+  for path in (p.strip() for p in paths if str(p).strip()):
+    if "://" in path:
+      out.append({"path": path})
+      continue
+    for match in sorted(glob.glob(path)) or [path]:
+      entry = {"path": os.path.abspath(match)}
+      if os.path.isfile(match):
+        st = os.stat(match)
+        entry.update(size=st.st_size, mtime=int(st.st_mtime))
+      out.append(entry)
+  return out
+
+
+def _plain(value: Any) -> Any:
+  if hasattr(value, "to_dict"):
+    value = value.to_dict()
+  return json.loads(json.dumps(value, default=str))
+
+
+def run_identity(config: ml_collections.ConfigDict, tokenizer: Any, model_hf: dict) -> dict:
+  """What defines a run, by part: a resume that changes any of it trains something else."""
+  data = {k: _plain(v) for k, v in config.data.items() if k not in _DATA_SPEED_KEYS}
+  for key in ("train_files", "validation_files", "test_files"):
+    data[f"{key}:stats"] = _file_stats(config.data.get(key))
+  return {
+      "model": {"path": str(config.model.get("path", "")), "architecture": _plain(model_hf)},
+      "tokenizer": {"path": str(config.tokenizer.path or config.model.get("path", "")),
+                    "sha256": tokenizer_fingerprint(tokenizer)},
+      "data": data,
+      "objective": {"objective": str(config.train.get("objective", "sft")),
+                    "lora": _plain(config.lora) if config.get("lora") else None},
+  }
+
+
+def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+  """{'a.b.0.c': leaf}: dicts by key, lists by index, so a diff names the exact entry."""
+  items = (tree.items() if isinstance(tree, dict) else
+           enumerate(tree) if isinstance(tree, (list, tuple)) and tree else None)
+  if items is None:
+    return {prefix: tree}
+  out = {}
+  for k, v in items:
+    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+  return out
+
+
+def identity_changes(old: dict, new: dict) -> dict[str, list[str]]:
+  """{part: ['key: old -> new', ...]} for every part whose values differ."""
+  changes: dict[str, list[str]] = {}
+  for part in IDENTITY_PARTS:
+    a, b = _flatten(old.get(part, {})), _flatten(new.get(part, {}))
+    rows = [f"{part}.{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
+            for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+    if rows:
+      changes[part] = rows
+  return changes
+
+
+class RunChangedError(ValueError):
+  """A resume whose config changes what the run trains (model, tokenizer, data, objective)."""
+
+
+def check_identity(workdir: str | epath.Path, identity: dict, allow: str = "") -> dict:
+  """Compares `identity` with the one the run was started with; raises RunChangedError listing
+  every changed key unless its part is in `allow` (comma-separated parts). Returns the changes."""
+  path = epath.Path(workdir) / IDENTITY_FILE
+  if not path.exists():  # a run from before identities were recorded: nothing to compare
+    return {}
+  changes = identity_changes(json.loads(path.read_text()), identity)
+  allowed = {a.strip() for a in str(allow or "").split(",") if a.strip()}
+  unknown = allowed - set(IDENTITY_PARTS)
+  if unknown:
+    raise ValueError(f"config.checkpoint.allow_changes names {sorted(unknown)}; the parts are "
+                     f"{list(IDENTITY_PARTS)}")
+  refused = {part: rows for part, rows in changes.items() if part not in allowed}
+  if refused:
+    lines = [row for rows in refused.values() for row in rows]
+    shown = "\n  ".join(lines[:20]) + (f"\n  ... and {len(lines) - 20} more" if len(lines) > 20
+                                        else "")
+    raise RunChangedError(
+        f"{epath.Path(workdir)} was trained with a different {', '.join(refused)}; resuming would "
+        f"silently train something else. Changed:\n  {shown}\nUse a new --workdir, or allow it "
+        f"deliberately with --config.checkpoint.allow_changes={','.join(refused)}")
+  return changes
+
+
+def save_identity(workdir: str | epath.Path, identity: dict) -> None:
+  fileio.write_text(epath.Path(workdir) / IDENTITY_FILE, json.dumps(identity, indent=1))
+
+
+def append_history(workdir: str | epath.Path, event: dict) -> None:
+  """One line per start or resume of the run (history.jsonl): when, where, from which step, and
+  what changed. Small and rare, so it is rewritten whole (object stores cannot append)."""
+  path = epath.Path(workdir) / HISTORY_FILE
+  old = path.read_text() if path.exists() else ""
+  event = {"time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "host": socket.gethostname(), "pid": os.getpid(), **event}
+  fileio.write_text(path, old + json.dumps(event, default=str) + "\n")
+
+
+def read_history(workdir: str | epath.Path) -> list[dict]:
+  path = epath.Path(workdir) / HISTORY_FILE
+  return [json.loads(l) for l in path.read_text().splitlines() if l.strip()] if path.exists() else []
 
 
 # ---- steps --------------------------------------------------------------------------------------

@@ -140,6 +140,18 @@ def init_random(cfg: ModelConfig, options: dict, *, mesh=None, rules=DEFAULT_LOG
   return nnx.merge(graphdef, jax.jit(init, out_shardings=shardings)())
 
 
+def architecture(model_config) -> dict:
+  """The HF config.json dict `config.model` describes, reading no weights (a checkpoint's header or
+  metadata only, or `hf_config`)."""
+  if model_config.get("path", ""):
+    return open_checkpoint(model_config.path)[0].to_hf_dict()
+  hf = model_config.get("hf_config")
+  hf_dict = hf.to_dict() if hasattr(hf, "to_dict") else dict(hf or {})
+  if not hf_dict:
+    raise ValueError("config.model needs either `path` (HF dir, .gguf or hub id) or `hf_config`")
+  return ModelConfig.from_hf_dict(hf_dict).to_hf_dict()
+
+
 def build_model(model_config, *, mesh: Mesh | None = None, rules=None,
                 seed: int = 0) -> tuple[Decoder, ModelConfig]:
   """(Decoder, ModelConfig) from `config.model`: pretrained from `path`, else random `hf_config`."""

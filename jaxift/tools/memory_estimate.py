@@ -65,18 +65,11 @@ def leaf_bytes_per_device(abstract) -> int:
   return total
 
 
-def _hf_dict(model_config) -> dict:
-  if model_config.get("path", ""):
-    return loading.open_checkpoint(model_config.path)[0].to_hf_dict()  # header/metadata only
-  hf = model_config.get("hf_config")
-  return hf.to_dict() if hasattr(hf, "to_dict") else dict(hf or {})
-
-
 def estimate(config, seq_len: int = 0) -> dict:
   """Compile the trainer's train step of `config` for the devices here; the memory report."""
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   total_steps = int(config.train.num_steps) if config.train.num_steps > 0 else 1000
-  state = state_lib.build(config, mesh, total_steps, abstract_hf=_hf_dict(config.model))
+  state = state_lib.build(config, mesh, total_steps, abstract_hf=loading.architecture(config.model))
   rows, t = int(config.train.global_batch_size), int(seq_len or config.data.max_seq_length)
   batch = state.abstract_batch(rows, t)
   step = jax.ShapeDtypeStruct((), np.int32, sharding=state.replicated)

@@ -57,6 +57,12 @@ def base_config() -> ml_collections.ConfigDict:
   # [batch, seq, vocab] logits memory for large vocabularies (Llama 3: 128k) at a little recompute.
   c.train.loss_chunk_size = 0
   c.train.freeze_regex = ""  # parameters whose path matches are not trained, e.g. 'embed'
+  # An update with a non-finite gradient is skipped and counted; this many in a row stop the run
+  # (0 = never skip: the first non-finite loss stops it).
+  c.train.max_consecutive_skips = 5
+  # Steps in a row with a gradient norm of exactly 0, or a loss at ln(vocab) (a uniform
+  # prediction), after which the run stops as collapsed; 0 = off.
+  c.train.collapse_patience = 20
   c.train.log_every = 10
   c.train.eval_every = 0  # 0 = only at the end
   c.train.save_every = 100  # 0 = only at the end (and on SIGTERM)
@@ -73,6 +79,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint.keep_best = 1  # plus the N best by validation loss
   c.checkpoint.async_save = True
   c.checkpoint.save_data_iterator = True  # the Grain iterator state, for exact resume
+  # Parts of the run's identity a resume may change (comma-separated: model, tokenizer, data,
+  # objective). Anything else that changed is refused with the list of changed keys.
+  c.checkpoint.allow_changes = ""
 
   # Evaluations the trainer runs: name -> registered type (jaxift/train/evals.py); '' = off.
   c.evals = ml_collections.ConfigDict()

@@ -36,7 +36,9 @@ class MetricWriter:
 
   def __init__(self, workdir: str | epath.Path, *, total_steps: int, initial_step: int = 0,
                tensorboard: bool = True, progress_bar: bool = True, flush_lines: int = 100,
-               flush_secs: float = 30.0):
+               flush_secs: float = 30.0, truncate_after: int | None = None):
+    """`truncate_after=N` (a resume from step N): rows of steps past N, written by the run that
+    died after its last checkpoint, are removed so each (step, split) appears once."""
     self.enabled = jax.process_index() == 0
     self.workdir = epath.Path(workdir)
     self.jsonl_path = workdir_lib.metrics_path(self.workdir)
@@ -49,7 +51,12 @@ class MetricWriter:
     if not self.enabled:
       return
     self.workdir.mkdir(parents=True, exist_ok=True)
-    if self.remote:
+    if truncate_after is not None and not self.remote and self.jsonl_path.exists():
+      lines = self.jsonl_path.read_text().splitlines(keepends=True)
+      kept = [l for l in lines if not l.strip() or json.loads(l).get("step", 0) <= truncate_after]
+      if len(kept) != len(lines):
+        fileio.write_text(self.jsonl_path, "".join(kept))
+    if self.remote:  # objects are not rewritten: `workdir.read_metrics` keeps the last row per key
       parts = workdir_lib.metrics_parts_dir(self.workdir)
       parts.mkdir(parents=True, exist_ok=True)
       existing = [int(p.stem) for p in parts.glob("*.jsonl") if p.stem.isdigit()]

@@ -72,8 +72,14 @@ def make_schedule(opt_config: ml_collections.ConfigDict, total_steps: int) -> op
 
 
 def make_optimizer(opt_config: ml_collections.ConfigDict, params: Any, total_steps: int, *,
-                   freeze_regex: str = "") -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """(optimizer, schedule) for `params` (a pytree; only its structure and paths are used)."""
+                   freeze_regex: str = "", max_consecutive_skips: int = 0
+                   ) -> tuple[optax.GradientTransformation, optax.Schedule]:
+  """(optimizer, schedule) for `params` (a pytree; only its structure and paths are used).
+
+  `max_consecutive_skips > 0`: an update whose gradient holds a NaN or Inf is skipped (parameters
+  and moments unchanged) and counted, `optax.apply_if_finite`; past that many in a row it is
+  applied, and the trainer stops on the non-finite loss first.
+  """
   schedule = make_schedule(opt_config, total_steps)
   if opt_config.name == "adamw":
     core = optax.adamw(schedule, b1=opt_config.b1, b2=opt_config.b2, eps=opt_config.eps,
@@ -92,4 +98,6 @@ def make_optimizer(opt_config: ml_collections.ConfigDict, params: Any, total_ste
     raise ValueError(f"train.freeze_regex={freeze_regex!r} freezes every parameter")
   labels = jax.tree.map(lambda t: TRAIN if t else FROZEN, mask)
   tx = optax.multi_transform({TRAIN: trainable, FROZEN: optax.set_to_zero()}, labels)
+  if max_consecutive_skips > 0:
+    tx = optax.apply_if_finite(tx, max_consecutive_errors=max_consecutive_skips)
   return tx, schedule

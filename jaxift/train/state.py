@@ -116,8 +116,9 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
   graphdef, params, rest, model_cfg = build_model_state(config, mesh, abstract_hf=abstract_hf)
   replicated = NamedSharding(mesh, P())
   batch_sharding = NamedSharding(mesh, P(BATCH_AXES))
-  tx, schedule = opt_lib.make_optimizer(config.optimizer, params, total_steps,
-                                        freeze_regex=config.train.freeze_regex)
+  tx, schedule = opt_lib.make_optimizer(
+      config.optimizer, params, total_steps, freeze_regex=config.train.freeze_regex,
+      max_consecutive_skips=int(config.train.max_consecutive_skips))
   param_shardings = jax.tree.map(lambda x: x.sharding, params)
   rest_shardings = jax.tree.map(lambda x: x.sharding, rest)
   opt_shardings = optimizer_shardings(tx, params, param_shardings, replicated)

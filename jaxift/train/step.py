@@ -94,6 +94,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         "padding_efficiency": non_padding / batch["segment_ids"].size,
         "grad_norm": optax.global_norm(trained_grads),
     }
+    if isinstance(opt_state, optax.ApplyIfFiniteState):  # updates skipped on non-finite gradients
+      metrics["consecutive_skips"] = opt_state.notfinite_count.astype(jnp.float32)
+      metrics["skipped_updates"] = opt_state.total_notfinite.astype(jnp.float32)
     if schedule is not None:
       metrics["learning_rate"] = schedule(step)
     return params, opt_state, metrics

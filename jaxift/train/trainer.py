@@ -19,19 +19,21 @@ import numpy as np
 from jaxift import workdir as workdir_lib
 from jaxift.data.pipeline import make_iterator
 from jaxift.data.tokenizers import load_tokenizer
+from jaxift.model import loading
 from jaxift.model import lora as lora_lib
 from jaxift.model import sharding
 from jaxift.train import evals as evals_lib
+from jaxift.train import guards
 from jaxift.train import host_batches
 from jaxift.train import mfu as mfu_lib
 from jaxift.train import state as state_lib
 from jaxift.train.early_stopping import EarlyStopping
 from jaxift.train.metrics import MetricWriter, StepTimer
+from jaxift.train.guards import NonFiniteLossError, TrainingCollapsedError  # noqa: F401  (API)
 from jaxift.train.preemption import PreemptionWatcher
 
-
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or Inf; no checkpoint was written after it."""
+# Over-long drops above this share of the examples get a warning naming the settings.
+OVERLONG_WARNING_SHARE = 0.01
 
 
 def _count_batches(config, tokenizer, per_process: int, num_epochs: int) -> int:
@@ -47,10 +49,33 @@ def _count_batches(config, tokenizer, per_process: int, num_epochs: int) -> int:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) the run of `config` in `workdir`; returns the final metrics."""
   workdir = epath.Path(workdir)
+  lock = workdir_lib.WorkdirLock(workdir)
+  if jax.process_index() == 0:  # one trainer per run directory; process 0 speaks for the run
+    workdir.mkdir(parents=True, exist_ok=True)
+    lock.acquire()
+  try:
+    return _train_and_evaluate(config, workdir)
+  finally:
+    lock.release()
+
+
+def _config_changes(workdir: epath.Path, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: old -> new' for every config value that differs from the run's config.json."""
+  try:
+    old = workdir_lib._flatten(workdir_lib.load_config(workdir).to_dict())  # pylint: disable=protected-access
+  except FileNotFoundError:
+    return []
+  new = workdir_lib._flatten(json.loads(config.to_json_best_effort()))  # pylint: disable=protected-access
+  return [f"{k}: {json.dumps(old.get(k), default=str)} -> {json.dumps(new.get(k), default=str)}"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   if is_main:
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir_lib.preflight(workdir)  # a read-only checkpoints/ fails here, not at the first save
   t_start = time.perf_counter()
 
   # ---- Mesh ---------------------------------------------------------------------------------------
@@ -84,29 +109,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   train_iter = make_train_iter()
 
-  # ---- Train state: born sharded, or abstract when a checkpoint will overwrite it ------------------
+  # ---- Run identity: a resume may not silently train another model, tokenizer or data -------------
   checkpointer = workdir_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
                                           keep_best=config.checkpoint.keep_best,
                                           async_save=config.checkpoint.async_save)
-  latest = checkpointer.latest_step()
   saved_model_hf = workdir_lib.load_model_config(workdir)
-  resuming = latest is not None and saved_model_hf is not None
+  resuming = checkpointer.latest_step() is not None and saved_model_hf is not None
+  identity = workdir_lib.run_identity(config, tokenizer, loading.architecture(config.model))
+  identity_changes = (workdir_lib.check_identity(workdir, identity,
+                                                 config.checkpoint.allow_changes)
+                      if resuming else {})
+
+  # ---- Train state: born sharded, or abstract when a checkpoint will overwrite it ------------------
   use_lora = lora_lib.enabled(config)
   # A full fine-tune resumes without reading pretrained weights: the checkpoint's parameters land
   # in their shards. LoRA always rebuilds its frozen base; its checkpoints hold only the adapters.
   abstract_hf = saved_model_hf if resuming and not use_lora else None
   state = state_lib.build(config, mesh, total_steps, abstract_hf=abstract_hf)
   model_hf = abstract_hf or state.model_cfg.to_hf_dict()
+  if is_main:  # one checkpoint (parameters + optimizer state) must fit
+    workdir_lib.check_free_space(workdir, sum(
+        int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+        for x in jax.tree.leaves((state.params, state.opt_state))))
 
   # ---- Resume from the latest checkpoint (params, optimizer, step, data iterator) -----------------
   early = EarlyStopping(patience=int(config.train.early_stopping_patience),
                         min_delta=float(config.train.early_stopping_min_delta))
   start_step = 0
   if resuming:
-    try:
-      restored = checkpointer.restore(
-          latest, abstract_params=state.params, abstract_opt_state=state.opt_state,
-          data_iter=train_iter if config.checkpoint.save_data_iterator else None)
+    make_iter = make_train_iter if config.checkpoint.save_data_iterator else None
+    try:  # the newest checkpoint that restores; a corrupt one is reported and skipped
+      start_step, restored = checkpointer.restore_latest(
+          abstract_params=state.params, abstract_opt_state=state.opt_state, data_iter_fn=make_iter)
+      train_iter = restored["data_iter"] or train_iter
     except ValueError as e:
       if "process_" not in str(e):
         raise
@@ -114,20 +149,34 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       # mapped onto this run's shards. Parameters and optimizer state still resume.
       logging.warning("data iterator state not restorable (%s); restarting the data order", e)
       train_iter = make_train_iter()
-      restored = checkpointer.restore(latest, abstract_params=state.params,
-                                      abstract_opt_state=state.opt_state)
+      start_step, restored = checkpointer.restore_latest(abstract_params=state.params,
+                                                         abstract_opt_state=state.opt_state)
     state.params, state.opt_state = restored["params"], restored["opt_state"]
     start_step = int(restored["meta"]["step"])
     early.load_state_dict(restored["meta"].get("early_stopping", {}))
-    logging.info("resumed from %s at step %d", checkpointer.directory, start_step)
   if is_main:
+    # config.json describes the run as it goes on from here; history.jsonl keeps every start and
+    # resume with what changed, so no earlier configuration is lost.
+    workdir_lib.append_history(workdir, {
+        "event": "resume" if resuming else "start", "step": start_step,
+        "identity_changes": identity_changes,
+        "config_changes": _config_changes(workdir, config) if resuming else []})
     workdir_lib.save_config(workdir, config)
+    workdir_lib.save_identity(workdir, identity)
     workdir_lib.save_model_config(workdir, model_hf)
     workdir_lib.save_tokenizer(workdir, tokenizer)
 
   results: dict[str, Any] = {"start_step": start_step, "total_steps": total_steps}
   writer = MetricWriter(workdir, total_steps=total_steps, initial_step=start_step,
-                        tensorboard=config.train.tensorboard, progress_bar=config.train.progress_bar)
+                        tensorboard=config.train.tensorboard, progress_bar=config.train.progress_bar,
+                        truncate_after=start_step if resuming else None)
+  if resuming:
+    writer.message(f"resumed from step {start_step} (of {total_steps}) in {workdir}")
+    if start_step >= total_steps:
+      writer.message(f"run already complete: step {start_step} of {total_steps}; nothing to train")
+      writer.close()
+      checkpointer.close()
+      return {**results, "step": start_step, "best_step": None, "already_complete": True}
 
   # ---- Evaluations, from config.evals -------------------------------------------------------------
   evaluators = evals_lib.from_config(config, evals_lib.Context(config, tokenizer, state))
@@ -166,16 +215,50 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   pending: tuple[int, Any, int] | None = None  # (step, device metrics, row length T)
   last_saved = start_step if resuming else -1
   step_times: list[float] = []
+  guard = guards.DivergenceGuard(int(config.train.max_consecutive_skips),
+                                 int(config.train.collapse_patience), state.model_cfg.vocab_size)
+  overlong_warned = False
+
+  def stop_on_bad_parameters(done_step: int, metrics: dict[str, float], bad_from: int) -> None:
+    """Removes the checkpoints that hold the parameters giving non-finite losses, then raises."""
+    checkpointer.wait()
+    removed = [s for s in checkpointer.all_steps() if s >= bad_from]
+    for s in removed:
+      checkpointer.delete(s)
+    good = checkpointer.latest_step()
+    where = (f"the last good checkpoint is step {good} in {checkpointer.directory}"
+             if good is not None else "no earlier checkpoint exists")
+    raise NonFiniteLossError(
+        f"training loss is {metrics['loss']} at step {done_step}, non-finite since step "
+        f"{bad_from + 1} (train.max_consecutive_skips={guard.max_consecutive_skips}): the "
+        f"parameters after step {bad_from} give non-finite losses"
+        + (f", so checkpoints {removed} were removed" if removed else "")
+        + f"; {where}. Lower optimizer.lr, add warmup, or check the data.")
+
+  def log_drops(done_step: int) -> None:
+    """Drop counts by reason into the metrics; one warning when over-long drops are many."""
+    nonlocal overlong_warned
+    counts = train_iter.stats.as_dict()
+    writer.write(done_step, "data", counts)
+    seen = sum(counts.values())
+    too_long = sum(v for k, v in counts.items() if k.startswith("dropped/too_long"))
+    if not overlong_warned and seen and too_long / seen > OVERLONG_WARNING_SHARE:
+      overlong_warned = True
+      writer.message(
+          f"warning: {too_long} of {seen} training examples ({too_long / seen:.1%}) were dropped "
+          f"as longer than data.max_seq_length={config.data.max_seq_length} "
+          f"(data.overlong={config.data.overlong!r}); raise max_seq_length or set "
+          "data.overlong='truncate_prompt' to keep them")
 
   def finish(pending) -> None:
     """Fetches a dispatched step's metrics (one step late), checks them, logs them."""
     done_step, metrics, seq_len = pending
     metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    if not math.isfinite(metrics["loss"]):
-      raise NonFiniteLossError(
-          f"training loss is {metrics['loss']} at step {done_step}: stopping. No checkpoint was "
-          f"written after it; the last good one is step {checkpointer.latest_step()} in "
-          f"{checkpointer.directory}. Lower optimizer.lr, add warmup, or check the data.")
+    verdict = guard.update(done_step, metrics)  # raises TrainingCollapsedError on a collapse
+    if verdict.stop_from_step is not None:
+      stop_on_bad_parameters(done_step, metrics, verdict.stop_from_step)
+    if verdict.skipped:
+      writer.message(guard.message_for_skip(done_step, metrics))
     elapsed = timer.lap()
     if elapsed is not None and done_step > start_step + 1:  # the first step includes compilation
       step_times.append(elapsed)
@@ -186,6 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     results["train_loss"] = metrics["loss"]
     if done_step % config.train.log_every == 0 or done_step == total_steps:
       writer.write(done_step, "train", metrics)
+      log_drops(done_step)
     writer.advance(done_step)
 
   def save(step: int, validation_loss: float | None = None) -> None:
@@ -221,6 +305,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       except StopIteration:  # num_epochs ran out before total_steps (a partial last epoch)
         break
       metrics = train_one_step(step, host_batch)
+      checkpointer.check_for_errors()  # a failed background save stops the run now, not later
       step += 1
       if pending is not None:
         finish(pending)
@@ -236,6 +321,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       validation_loss = run_evals(step, last=is_last) if do_eval else None
       if validation_loss is not None and early.update(validation_loss, step):
         do_save = do_save or config.checkpoint.keep_best > 0  # a new best must exist on disk
+      if guard.streak_start is not None:  # parameters that give non-finite losses: never saved
+        do_save = False
       if do_save or preempted or early.should_stop:
         save(step, validation_loss)
       if preempted:
@@ -268,6 +355,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                  wall_time_s=time.perf_counter() - t_start)
   if step_times:
     results["steps_per_second"] = 1.0 / float(np.median(step_times))
-  if is_main:
-    writer.message("final: " + json.dumps({k: v for k, v in results.items()}, default=str))
   return results
