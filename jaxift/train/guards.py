@@ -41,12 +41,14 @@ class DivergenceGuard:
   collapse_patience: int
   vocab_size: int
   streak_start: int | None = None  # first step of the current run of non-finite steps
+  last_loss: float = math.nan
   zero_grad_steps: int = 0
   uniform_steps: int = 0
 
   def update(self, step: int, metrics: dict[str, float]) -> Verdict:
     """Reads one step's metrics; raises TrainingCollapsedError, returns what to do otherwise."""
     loss, skips = metrics["loss"], metrics.get("consecutive_skips")
+    self.last_loss = loss
     skipped = skips is not None and skips > 0
     if math.isfinite(loss) and not skipped:
       self.streak_start = None

@@ -229,9 +229,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     where = (f"the last good checkpoint is step {good} in {checkpointer.directory}"
              if good is not None else "no earlier checkpoint exists")
     raise NonFiniteLossError(
-        f"training loss is {metrics['loss']} at step {done_step}, non-finite since step "
-        f"{bad_from + 1} (train.max_consecutive_skips={guard.max_consecutive_skips}): the "
-        f"parameters after step {bad_from} give non-finite losses"
+        f"training is non-finite since step {bad_from + 1} (a NaN/Inf loss or gradient on every "
+        f"step up to step {done_step}, whose loss is {metrics['loss']}; "
+        f"train.max_consecutive_skips={guard.max_consecutive_skips}): the parameters after step "
+        f"{bad_from} give non-finite results"
         + (f", so checkpoints {removed} were removed" if removed else "")
         + f"; {where}. Lower optimizer.lr, add warmup, or check the data.")
 
@@ -337,6 +338,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     if pending is not None:
       finish(pending)
       pending = None
+    if guard.streak_start is not None:  # the run ends inside a non-finite streak: never "done"
+      stop_on_bad_parameters(step, {"loss": guard.last_loss}, guard.streak_start - 1)
     if not preempted and step > start_step:
       # The end of training: early stopping or a data set that ran out ends it before the last
       # step; evaluations not yet run at this step run now, and the final state is saved.
