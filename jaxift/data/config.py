@@ -29,6 +29,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.split_fractions = (0.85, 0.05, 0.10)  # train/validation/test, used when only train_files is set
   c.split_seed = placeholder(int)  # None = file order (as in "LLMs from scratch"); int = shuffled
   c.hf_split = 'train'  # which split of a saved DatasetDict to read
+  # where byte-offset indexes of JSON/JSONL/CSV files are cached ('' = $JAXIFT_CACHE/index)
+  c.index_dir = ''
   # --- record format -> conversation ---
   c.format = 'auto'  # 'alpaca' | 'prompt_completion' | 'messages' | 'sharegpt' | 'auto'
   c.prompt_key = 'prompt'

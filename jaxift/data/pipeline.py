@@ -26,6 +26,8 @@ class TokenizeRecord(grain.transforms.Map):
   def map(self, element):
     where, record = element
     try:
+      if isinstance(record, RecordError):  # a source could not decode it (e.g. not JSON)
+        raise record
       if isinstance(record, dict) and all(k in record for k in PRETOKENIZED_KEYS):
         return from_pretokenized(record, self._cfg, where)
       return tokenize.tokenize_record(record, self._cfg, self._tokenizer, where)
