@@ -22,6 +22,7 @@ import os
 import threading
 from typing import Any
 
+from array_record.python import array_record_module
 from etils import epath
 import grain
 import numpy as np
@@ -239,22 +240,45 @@ class ParquetFile(_PerProcess, Records):
     return f'{self.path} row {i}', self._group(g).slice(i - self.bounds[g], 1).to_pylist()[0]
 
 
-class ArrayRecordFile(Records):
-  """One ArrayRecord file through Grain's ArrayRecordDataSource; each record a JSON object."""
+class ArrayRecordFile(_PerProcess, Records):
+  """One ArrayRecord file; each record a JSON object. Batched reads (`__getitems__`) go through
+  Grain's `ArrayRecordDataSource`. A single record is read with seek + read on a reader with
+  `max_parallelism:1`: Grain's per-record `__getitem__` calls array_record's `read([i])`, whose cost
+  grows with the file (1.6 ms a record at 250k records, measured), while seek + read takes ~6 us."""
+  _state_keys = ('_reader', '_lock')
 
   def __init__(self, path: str):
     self.path = path
     self._source = grain.sources.ArrayRecordDataSource([path])
+    self._len = len(self._source)
+    self._open()
+
+  def _open(self) -> None:
+    self._fresh()
+    self._reader = array_record_module.ArrayRecordReader(
+        self.path, 'readahead_buffer_size:0,max_parallelism:1')
+    self._lock = threading.Lock()
 
   def __len__(self) -> int:
-    return len(self._source)
+    return self._len
 
-  def _get(self, i: int):
+  def _decode(self, i: int, blob: bytes):
     where = f'{self.path} record {i}'
     try:
-      return where, json.loads(self._source[i])
+      return where, json.loads(blob)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
       return where, RecordError(f'{where}: not a JSON object ({e})', reason='invalid_json')
+
+  def _get(self, i: int):
+    if self._fresh():
+      self._open()
+    with self._lock:
+      self._reader.seek(i)
+      blob = self._reader.read()
+    return self._decode(i, blob)
+
+  def __getitems__(self, indices):
+    return [self._decode(i, b) for i, b in zip(indices, self._source.__getitems__(indices))]
 
 
 class HFDatasetFolder(_PerProcess, Records):
