@@ -415,6 +415,9 @@ def load_split(cfg, split: str):
     if not own[split]:
       raise ValueError(f'no data for split {split!r}: set data.{split}_files')
     return read_files(own[split], cfg.skip_invalid, cfg.hf_split, cfg, index_dir)
+  if not cfg.train_files and cfg.get('mixture'):
+    raise ValueError('data.mixture is set: read one component\'s records with its config, '
+                     'jaxift.data.mixture.components(cfg)[k].cfg')
   if not cfg.train_files:
     raise ValueError(f'no data for split {split!r}: set data.train_files (and optionally '
                      "data.validation_files/test_files), or data.source='synthetic'")
@@ -428,7 +431,8 @@ def load_split(cfg, split: str):
 
 def load_records(data_config, split: str, limit: int | None = None) -> list[dict]:
   """Raw records of `train`, `validation` or `test` (the split the pipeline uses); the first
-  `limit` only when given (reads only those)."""
+  `limit` only when given (reads only those). For one component of a mixture pass its config:
+  `mixture.components(cfg)[k].cfg`."""
   records = load_split(data_config, split)[0]
   if limit is not None:
     records = records[:limit]

@@ -150,3 +150,15 @@ def test_components_resolve_in_name_order(files):
   comps = mixture.components(ml_collections.FrozenConfigDict(_cfg(files)))
   assert [(c.name, c.weight) for c in comps] == [('a', 3.0), ('b', 1.0)]
   assert comps[0].cfg.train_files.endswith('a.jsonl') and comps[0].cfg.max_seq_length == 64
+
+
+def test_worker_processes_give_the_same_mixture(files, gpt2_tokenizer):
+  cfg = _cfg(files, batching='packing')
+  expected = [next(it) for it in [_iterator(cfg, gpt2_tokenizer)] for _ in range(6)]
+  cfg.num_workers = 2
+  it = _iterator(cfg, gpt2_tokenizer)
+  try:
+    assert _same(expected, [next(it) for _ in range(6)])
+    assert it.stats.components['a']['examples'] > 0  # counted in this process
+  finally:
+    it.close()
