@@ -10,6 +10,7 @@ index is memory-mapped: a process touches only the pages of the records it reads
 Layout (int64): HEADER_LEN header entries, then starts[n], ends[n], then linenos[n] when the
 records do not sit on consecutive lines.
 """
+import array
 import csv
 import hashlib
 import io
@@ -75,12 +76,13 @@ def _index_path(path: str, index_dir: str) -> str:
 
 def _pack(kind: str, stamp, starts, ends, linenos, invalid=0, bad=(0, 0, 0)) -> np.ndarray:
   n = len(starts)
-  linenos = np.asarray(linenos, np.int64)
+  linenos = np.frombuffer(linenos, np.int64) if isinstance(linenos, array.array) else np.asarray(
+      linenos, np.int64)
   first = int(linenos[0]) if n else 1
   consecutive = n == 0 or bool((linenos == np.arange(first, first + n)).all())
   header = np.array([MAGIC, VERSION, stamp[0], stamp[1], n, invalid, bad[0], bad[1], bad[2],
                      0 if consecutive else 1, KINDS[kind], first], np.int64)
-  parts = [header, np.asarray(starts, np.int64), np.asarray(ends, np.int64)]
+  parts = [header, np.asarray(starts, np.int64), np.asarray(ends, np.int64)]  # (copies arrays)
   if not consecutive:
     parts.append(linenos)
   return np.concatenate(parts)
@@ -96,7 +98,7 @@ def _lines(f):
 
 
 def _build_jsonl(path: str, f) -> tuple:
-  starts, ends, linenos = [], [], []
+  starts, ends, linenos = array.array('q'), array.array('q'), array.array('q')  # 8 bytes each
   invalid, bad = 0, (0, 0, 0)
   for lineno, (start, end, line) in enumerate(_lines(f), 1):
     if not line.strip():
@@ -168,7 +170,7 @@ def _build_json_array(path: str, data: bytes) -> tuple:
 def _build_csv(path: str, f) -> tuple:
   """Rows end at a line break outside quotes (RFC 4180: a quote inside a field is doubled, so the
   quote count's parity tells). Row 0 is the header."""
-  starts, ends, linenos = [], [], []
+  starts, ends, linenos = array.array('q'), array.array('q'), array.array('q')
   row_start, row_line, quotes = None, 0, 0
   for lineno, (start, end, line) in enumerate(_lines(f), 1):
     if row_start is None:
