@@ -27,10 +27,11 @@ def write_jsonl(path: str, n: int, seed: int = 0) -> float:
   """n Alpaca records of about 310 bytes (the issue's 1M-record file is 312 MB). -> seconds."""
   t0 = time.perf_counter()
   rng = np.random.default_rng(seed)
-  lengths = rng.integers(5, 40, size=(n, 3))
   with open(path, 'w', encoding='utf-8', buffering=1 << 22) as f:
     for i in range(n):
-      a, b, c = lengths[i]
+      if i % 100_000 == 0:  # in blocks: the generator itself stays small
+        lengths = rng.integers(5, 40, size=(100_000, 3))
+      a, b, c = lengths[i % 100_000]
       words = [WORDS[(i * 7 + j) % len(WORDS)] for j in range(a + b + c)]
       f.write(json.dumps({'instruction': f'Task {i}: ' + ' '.join(words[:a]),
                           'input': ' '.join(words[a:a + b // 2]),
@@ -56,6 +57,15 @@ def write_arrayrecord(jsonl: str, out_dir: str, num_files: int) -> float:
 
 
 def _rss_mb() -> float:
+  """Peak RSS of this process in MiB: VmHWM (reset by exec), not ru_maxrss, which Linux carries
+  over from the parent through fork + exec."""
+  try:
+    with open('/proc/self/status', encoding='ascii') as f:
+      for line in f:
+        if line.startswith('VmHWM:'):
+          return int(line.split()[1]) / 1024
+  except OSError:
+    pass
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
