@@ -254,8 +254,8 @@ class ArrayRecordFile(_PerProcess, Records):
 
   def _open(self) -> None:
     self._fresh()
-    self._reader = array_record_module.ArrayRecordReader(
-        self.path, 'readahead_buffer_size:0,max_parallelism:1')
+    self._reader = array_record_module.ArrayRecordReader(  # Grain's buffer size, no readahead
+        self.path, 'readahead_buffer_size:0,max_parallelism:1', file_reader_buffer_size=32768)
     self._lock = threading.Lock()
     self._source = None  # Grain's source, opened on the first batched read
 
