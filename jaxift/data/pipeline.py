@@ -1,5 +1,7 @@
-"""The Grain input pipeline: records -> per-process shard -> shuffle (per epoch) -> tokenize+mask ->
-filter (counted) -> pad / bucket / pack -> batch -> prefetch. Iterators are checkpointable."""
+"""The Grain input pipeline: lazy records -> per-process shard -> shuffle (per epoch) ->
+tokenize+mask -> filter (counted) -> pad / bucket / pack -> batch -> prefetch. A weighted mixture
+(`data.mixture`) is one global order of its components, dealt to processes. Iterators are
+checkpointable."""
 from typing import Any
 
 from absl import flags

@@ -145,6 +145,14 @@ class IndexedTextFile(_PerProcess, Records):
     self._lock = threading.Lock()
     return {'build': build}
 
+  def __del__(self):
+    fd = self.__dict__.get('_fd')
+    if fd is not None and self.__dict__.get('_pid') == os.getpid():
+      try:
+        os.close(fd)
+      except OSError:
+        pass
+
   def _header(self) -> list[str]:
     if self._index.n == 0:
       raise ValueError(f'{self.path}: empty {self.kind.upper()} file (no header row)')
