@@ -6,16 +6,23 @@
 Non-padding share: one shuffled pass over the whole file (num_epochs=1; the last partial batch is
 filled with empty rows, as in evaluation). Throughput: a repeating training iterator, examples per
 second after the first batch (tokenize + mask + pad/pack + batch), for each worker count.
+
+--scale_records=1000000,10000000: the data-at-scale table instead (jaxift.data.scale): a synthetic
+Alpaca JSONL of N records and the same records in ArrayRecord shards under --scale_dir (deleted
+afterwards unless --keep_data); index build time; per process (shard 0 of each --shard_counts),
+in a fresh process each: time to the first batch, peak RSS, examples/s.
 """
 import argparse
 import json
 import pathlib
+import os
 import platform
+import shutil
 import sys
 import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import pipeline  # noqa: E402
+from jaxift.data import pipeline, scale  # noqa: E402
 from jaxift.data.config import default_data_config  # noqa: E402
 from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
 
@@ -59,9 +66,45 @@ def throughput(args, tokenizer, batching: str, workers: int) -> dict:
           'examples_per_s': round(kept / dt, 1)}
 
 
+def scale_table(args) -> list[dict]:
+  rows = []
+  for n in (int(x) for x in args.scale_records.split(',')):
+    folder = os.path.join(args.scale_dir, f'n{n}')
+    os.makedirs(folder, exist_ok=True)
+    jsonl, ar_dir = os.path.join(folder, 'alpaca.jsonl'), os.path.join(folder, 'arrayrecord')
+    index_dir = os.path.join(folder, 'index')
+    try:
+      gen = scale.write_jsonl(jsonl, n)
+      size_mb = os.path.getsize(jsonl) / 2 ** 20
+      index = scale.run_child('build_indexes', files=jsonl, index_dir=index_dir)
+      ar = scale.write_arrayrecord(jsonl, ar_dir, args.arrayrecord_files)
+      print(json.dumps({'records': n, 'jsonl_mb': round(size_mb), 'generate_s': round(gen, 1),
+                        'index_build': index, 'arrayrecord_write_s': round(ar, 1)}), flush=True)
+      for fmt, files in (('jsonl (indexed)', jsonl), ('arrayrecord', f'{ar_dir}/*.arrayrecord')):
+        for count in (int(c) for c in args.shard_counts.split(',')):
+          row = {'records': n, 'format': fmt, 'shard_count': count,
+                 'index_build_s': index['seconds'] if fmt.startswith('jsonl') else None}
+          row.update(scale.run_child(
+              'measure', files=files, tokenizer_path=args.tokenizer, shard_index=0,
+              shard_count=count, batching=args.scale_batching, max_seq_length=args.max_seq_length,
+              batch_size=args.batch_size, seconds=args.seconds, index_dir=index_dir))
+          print(json.dumps(row), flush=True)
+          rows.append(row)
+    finally:
+      if not args.keep_data:
+        shutil.rmtree(folder, ignore_errors=True)
+  return rows
+
+
 def main() -> None:
   p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument('--data_file', required=True)
+  p.add_argument('--data_file')
+  p.add_argument('--scale_records', default='', help='e.g. 1000000,10000000: the scale table')
+  p.add_argument('--scale_dir', default='/tmp/jaxift_scale')
+  p.add_argument('--shard_counts', default='1,4')
+  p.add_argument('--arrayrecord_files', type=int, default=4)
+  p.add_argument('--scale_batching', default='packing')
+  p.add_argument('--keep_data', action='store_true')
   p.add_argument('--tokenizer', required=True)
   p.add_argument('--max_seq_length', type=int, default=1024)
   p.add_argument('--batch_size', type=int, default=8)
@@ -70,6 +113,11 @@ def main() -> None:
   p.add_argument('--seconds', type=float, default=10.0)
   p.add_argument('--throughput_batching', default='max_length,packing')
   args = p.parse_args()
+  if args.scale_records:
+    scale_table(args)
+    return
+  if not args.data_file:
+    p.error('give --data_file (or --scale_records)')
   tokenizer = load_tokenizer(args.tokenizer)
   import grain, transformers  # pylint: disable=import-outside-toplevel,multiple-imports
   result = {'python': platform.python_version(), 'grain': grain.__version__,

@@ -3,7 +3,9 @@
 Accepts the flags of Cerebras' fine-tuning preprocessing (--input_dir, --max_seq_length, --ftfy,
 --sep_token, --prompt_key, --completion_key, --pack_sequences, --encoder_file/--vocab_file or
 --huggingface_tokenizer) plus --tokenizer, --format, --template and --output_dir. The training
-pipeline reads the output directly: data.train_files='OUT/*.arrayrecord'.
+pipeline reads the output directly and lazily: data.train_files='OUT/*.arrayrecord'.
+--num_shards=N writes N shards (contiguous record ranges, in file order), tokenized by worker
+processes (--num_workers, 0 = one per shard up to the CPU count).
 
   python tools/preprocess.py --input_dir=../shared/data --input_glob='instruction-data.json' \
       --tokenizer=../shared/data/gpt2 --max_seq_length=1024 --output_dir=/tmp/ift
@@ -16,12 +18,10 @@ import shutil
 import sys
 import tempfile
 
-import grain
-import ml_collections
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import batching, pipeline, sources, tokenize  # noqa: E402
+from jaxift.data import shards, sources  # noqa: E402
 from jaxift.data.config import default_data_config  # noqa: E402
 from jaxift.data.stats import DropStats  # noqa: E402
 from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
@@ -54,7 +54,10 @@ def parse_args(argv=None) -> argparse.Namespace:
   p.add_argument('--pack_sequences', action='store_true', help='write packed rows of exactly '
                  'max_seq_length (segment_ids/positions) instead of one record per example')
   p.add_argument('--skip_invalid', action='store_true')
-  p.add_argument('--num_output_files', type=int, default=1)
+  p.add_argument('--num_shards', type=int, default=0, help='ArrayRecord shards to write')
+  p.add_argument('--num_output_files', type=int, default=1, help='older name of --num_shards')
+  p.add_argument('--num_workers', type=int, default=0,
+                 help='tokenizing processes (0 = one per shard up to the CPU count, 1 = none)')
   return p.parse_args(argv)
 
 
@@ -99,26 +102,6 @@ def data_config(args, files: list[str]):
   return cfg
 
 
-def _histogram(lengths: list[int], max_len: int) -> dict[str, int]:
-  edges = [0] + [2 ** k for k in range(4, 32) if 2 ** k < max_len] + [max_len]
-  counts, _ = np.histogram(lengths, bins=edges + [max_len + 1]) if lengths else ([], None)
-  return {f'{lo + 1}-{hi}': int(c) for lo, hi, c in zip(edges, edges[1:] + [max_len], counts)
-          if c} if lengths else {}
-
-
-def _write_records(folder: pathlib.Path, rows: list[dict], num_files: int) -> list[str]:
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
-  names = []
-  for i in range(num_files):
-    name = f'data-{i:05d}-of-{num_files:05d}.arrayrecord'
-    writer = array_record_module.ArrayRecordWriter(str(folder / name), 'group_size:1')
-    for row in rows[i::num_files]:
-      writer.write(json.dumps({k: np.asarray(v).tolist() for k, v in row.items()}).encode())
-    writer.close()
-    names.append(name)
-  return names
-
-
 def preprocess(args) -> dict:
   out = pathlib.Path(args.output_dir)
   if out.exists() and any(out.iterdir()) and not args.overwrite:
@@ -133,41 +116,31 @@ def preprocess(args) -> dict:
     tokenizer = load_tokenizer(tok_path)
     cfg = data_config(args, files)
     records, invalid = sources.load_split(cfg, 'train')
+    results = shards.write_shards(cfg, tokenizer, tok_path, str(tmp), num_records=len(records),
+                                  num_shards=args.num_shards or args.num_output_files,
+                                  num_workers=args.num_workers, pack=args.pack_sequences)
     stats = DropStats()
     stats.update(invalid)
-    tokenize_fn = pipeline.TokenizeRecord(ml_collections.FrozenConfigDict(cfg), tokenizer)
-    examples = []
-    for element in records:
-      ex = tokenize_fn.map(element)
-      if pipeline.DROP_KEY in ex:
-        stats.add(ex[pipeline.DROP_KEY])
-      else:
-        stats.add('kept')
-        examples.append({k: ex[k] for k in ('inputs', 'targets', 'weights')})
-    lengths = [len(e['inputs']) for e in examples]
-    if args.pack_sequences:
-      pad_id = tokenize.tokenizer_info(tokenizer).pad_id
-      ds = grain.MapDataset.source(examples).to_iter_dataset()
-      rows = list(batching.pack(ds, args.max_seq_length, 64, pad_id, seed=0))
-      row_tokens = len(rows) * args.max_seq_length
-    else:
-      rows = examples
-      row_tokens = len(rows) * args.max_seq_length  # as padded to max_seq_length
+    for r in results:
+      stats.update(r.counts)
+    rows = sum(r.rows for r in results)
     if not rows:
       raise SystemExit(f'every example was dropped: {stats}')
-    names = _write_records(tmp, rows, args.num_output_files)
-    total = int(sum(lengths))
+    names = [r.name for r in results]
+    total = sum(r.total_tokens for r in results)
+    row_tokens = rows * args.max_seq_length  # packed rows, or examples padded to max_seq_length
     if args.encoder_file and not (args.tokenizer or args.huggingface_tokenizer):
       tok_path = f'{args.encoder_file} + {args.vocab_file}'
     params = {
         'input_files': files, 'tokenizer': tok_path, 'output_files': names,
         'examples_read': len(records) + sum(invalid.values()),
-        'examples_written': len(examples), 'rows_written': len(rows),
+        'examples_written': stats.kept, 'rows_written': rows,
         'dropped': stats.dropped, 'total_tokens': total,
-        'trainable_tokens': int(sum(float(e['weights'].sum()) for e in examples)),
+        'trainable_tokens': int(sum(r.trainable_tokens for r in results)),
         'non_padding_tokens': total,
         'padding_fraction': round(1.0 - total / row_tokens, 6),
-        'length_histogram': _histogram(lengths, args.max_seq_length),
+        'length_histogram': shards.histogram(
+            np.sum([r.length_counts for r in results], axis=0), args.max_seq_length),
         'packed': args.pack_sequences,
         'data_config': {k: v for k, v in cfg.to_dict().items() if k != 'synthetic'},
     }

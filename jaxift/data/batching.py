@@ -53,12 +53,20 @@ def fill_batch(batch: dict[str, np.ndarray], batch_size: int) -> dict[str, np.nd
           for k, v in batch.items()}
 
 
-def pack(ds: grain.IterDataset, length: int, num_bins: int, pad_id: int,
-         seed: int) -> grain.IterDataset:
-  """Grain's first-fit packing; segment ids 1..k and restarting positions come from Grain."""
+PACKERS = {'first_fit': grain.experimental.FirstFitPackIterDataset,
+           'best_fit': grain.experimental.BestFitPackIterDataset}
+
+
+def pack(ds: grain.IterDataset, length: int, num_bins: int, pad_id: int, seed: int,
+         algorithm: str = 'first_fit') -> grain.IterDataset:
+  """Grain's first-fit or best-fit packing; segment ids 1..k and restarting positions come from
+  Grain. Both fill `num_bins` rows and emit them all when an example fits none; first fit puts
+  each example in the first row with room, best fit in the row it leaves with the least room."""
+  if algorithm not in PACKERS:
+    raise ValueError(f'data.packing_algorithm={algorithm!r}; expected one of {sorted(PACKERS)}')
   features = ('inputs', 'targets', 'weights')
   ds = ds.map(lambda ex: {k: ex[k] for k in features})
-  ds = grain.experimental.FirstFitPackIterDataset(
+  ds = PACKERS[algorithm](
       ds, length_struct={k: length for k in features}, num_packing_bins=num_bins, seed=seed,
       shuffle_bins=False, padding_struct={'inputs': pad_id, 'targets': pad_id, 'weights': 0})
   return ds.map(lambda row: {

@@ -29,6 +29,8 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.split_fractions = (0.85, 0.05, 0.10)  # train/validation/test, used when only train_files is set
   c.split_seed = placeholder(int)  # None = file order (as in "LLMs from scratch"); int = shuffled
   c.hf_split = 'train'  # which split of a saved DatasetDict to read
+  # where byte-offset indexes of JSON/JSONL/CSV files are cached ('' = $JAXIFT_CACHE/index)
+  c.index_dir = ''
   # --- record format -> conversation ---
   c.format = 'auto'  # 'alpaca' | 'prompt_completion' | 'messages' | 'sharegpt' | 'auto'
   c.prompt_key = 'prompt'
@@ -70,10 +72,16 @@ def default_data_config() -> ml_collections.ConfigDict:
   # --- batching ---
   c.batching = 'max_length'  # 'max_length' | 'bucket' | 'packing'
   c.buckets = (64, 128, 256, 512)  # row lengths for 'bucket' (max_seq_length is always added)
-  c.packing_bins = 0  # first-fit packing bins; 0 = 4 * batch_size
+  c.packing_bins = 0  # packing bins; 0 = 4 * batch_size
+  c.packing_algorithm = 'first_fit'  # 'first_fit' | 'best_fit' (Grain's packers)
   c.shuffle = True
   c.num_workers = 0  # Grain worker processes for tokenization (0 = in-process)
   c.worker_buffer_size = 2  # per-worker prefetch buffer (elements)
   c.prefetch_buffer_size = 8  # batches kept ready by a background thread (0 = none)
   c.synthetic = default_synthetic_config()
+  # --- weighted mixture (FLAN-style); empty = train_files alone ---
+  # config.data.mixture.<name> = ConfigDict(dict(train_files=..., weight=..., <any data key>=...))
+  # (a ConfigDict, not a list: a locked config cannot freeze ConfigDicts inside a list).
+  # Set the components in the experiment's get_config(), before the config is locked.
+  c.mixture = ml_collections.ConfigDict()
   return c

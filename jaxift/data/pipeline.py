@@ -1,5 +1,7 @@
-"""The Grain input pipeline: records -> per-process shard -> shuffle (per epoch) -> tokenize+mask ->
-filter (counted) -> pad / bucket / pack -> batch -> prefetch. Iterators are checkpointable."""
+"""The Grain input pipeline: lazy records -> per-process shard -> shuffle (per epoch) ->
+tokenize+mask -> filter (counted) -> pad / bucket / pack -> batch -> prefetch. A weighted mixture
+(`data.mixture`) is one global order of its components, dealt to processes. Iterators are
+checkpointable."""
 import atexit
 from typing import Any
 import weakref
@@ -9,12 +11,13 @@ import grain
 import ml_collections
 import numpy as np
 
-from jaxift.data import batching, sources, tokenize
+from jaxift.data import batching, mixture, sources, tokenize
 from jaxift.data.formats import RecordError
 from jaxift.data.stats import ALWAYS_COUNTED, DropStats
 
 DROP_KEY = '_drop_reason'
 NOTES_KEY = '_notes'  # turns dropped inside a kept example (e.g. leading non-user turns), by reason
+COMPONENT_KEY = '_component'  # the mixture component an example came from (for its counts)
 PRETOKENIZED_KEYS = ('inputs', 'targets', 'weights')
 
 
@@ -22,13 +25,22 @@ class TokenizeRecord(grain.transforms.Map):
   """(where, record) -> shifted example, or a {DROP_KEY: reason} marker counted after the workers
   (so drop counts are complete whatever the number of worker processes)."""
 
-  def __init__(self, cfg: ml_collections.FrozenConfigDict, tokenizer):
+  def __init__(self, cfg: ml_collections.FrozenConfigDict, tokenizer, component: str = ''):
     self._cfg = cfg
     self._tokenizer = tokenizer
+    self._component = component
 
   def map(self, element):
+    ex = self._map(element)
+    if self._component:
+      ex[COMPONENT_KEY] = self._component
+    return ex
+
+  def _map(self, element):
     where, record = element
     try:
+      if isinstance(record, RecordError):  # a source could not decode it (e.g. not JSON)
+        raise record
       if isinstance(record, dict) and all(k in record for k in PRETOKENIZED_KEYS):
         return from_pretokenized(record, self._cfg, where)
       ex, notes = tokenize.tokenize_record_with_notes(record, self._cfg, self._tokenizer, where)
@@ -73,6 +85,9 @@ class CountDrops:
     if notes:
       self._stats.update(notes)
     reason = ex.get(DROP_KEY)
+    component = ex.pop(COMPONENT_KEY, None)
+    if component is not None:
+      self._stats.add_component(component, reason, 0.0 if reason else float(ex['weights'].sum()))
     if reason is None:
       self._stats.add('kept')
       self._consecutive = 0
@@ -176,29 +191,64 @@ class _WithStats(grain.IterDataset):
     return DataIterator(self._parent.__iter__(), self._stats)
 
 
+def _records_dataset(cfg, tokenizer, split: str, shard_index: int, shard_count: int, seed: int,
+                     num_epochs: int | None, stats: DropStats, component: str | None):
+  """-> (MapDataset of tokenized examples of this process, records per epoch of the split)."""
+  comps = mixture.components(cfg)
+  if component is not None:
+    picked = [c for c in comps if c.name == component]
+    if not picked:
+      raise ValueError(f'component={component!r} is not in data.mixture '
+                       f'({[c.name for c in comps]})')
+    comps = picked
+  if not comps:  # one data set: shard first, then shuffle within the shard (as always)
+    records, invalid = sources.load_split(cfg, split)
+    stats.update(invalid)
+    ds = grain.MapDataset.source(records)[shard_index::shard_count]
+    if len(ds) == 0:
+      raise ValueError(f'split {split!r} has {len(records)} records: none for shard '
+                       f'{shard_index} of {shard_count}')
+    if cfg.shuffle and split == 'train':
+      ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)  # None = forever; each epoch is shuffled anew
+    return ds.map(TokenizeRecord(cfg, tokenizer)), len(records)
+  records, invalid = mixture.component_records(comps, split)
+  stats.update(invalid)
+  fns = [TokenizeRecord(c.cfg, tokenizer, component=c.name) for c in comps]
+  parts = [grain.MapDataset.source(r) for r in records]
+  total = mixture.epoch_examples(records)
+  if split == 'train' and len(comps) > 1:  # weighted, global order, dealt to processes
+    ds = mixture.mix(parts, comps, seed=seed, shuffle=cfg.shuffle, tokenize_fns=fns)
+    if num_epochs is not None:
+      ds = ds[:num_epochs * total]
+  else:  # one component, or evaluation: every record of every component once per epoch
+    ds = grain.MapDataset.concatenate([p.map(f) for p, f in zip(parts, fns)])
+    if cfg.shuffle and split == 'train':
+      ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+  ds = ds[shard_index::shard_count]
+  if len(ds) == 0:
+    raise ValueError(f'split {split!r} of the mixture has {total} records: none for shard '
+                     f'{shard_index} of {shard_count}')
+  return ds, total
+
+
 def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_index: int,
                  shard_count: int, seed: int, num_epochs: int | None = None,
-                 stats: DropStats | None = None) -> grain.IterDataset:
+                 stats: DropStats | None = None, component: str | None = None) -> grain.IterDataset:
   cfg = ml_collections.FrozenConfigDict(data_config)
   stats = stats if stats is not None else DropStats()
-  records, invalid = sources.load_split(cfg, split)
-  stats.update(invalid)
   if not 0 <= shard_index < shard_count:
     raise ValueError(f'shard_index={shard_index} not in [0, {shard_count})')
-  ds = grain.MapDataset.source(records)[shard_index::shard_count]
-  if len(ds) == 0:
-    raise ValueError(f'split {split!r} has {len(records)} records: none for shard {shard_index} '
-                     f'of {shard_count}')
-  if cfg.shuffle and split == 'train':
-    ds = ds.shuffle(seed=seed)
-  ds = ds.repeat(num_epochs)  # None = forever; each epoch is shuffled anew
-  ds = ds.map(TokenizeRecord(cfg, tokenizer)).to_iter_dataset()
+  ds, n_records = _records_dataset(cfg, tokenizer, split, shard_index, shard_count, seed,
+                                   num_epochs, stats, component)
+  ds = ds.to_iter_dataset()
   if cfg.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
       flags.FLAGS.mark_as_parsed()
     ds = ds.mp_prefetch(grain.MultiprocessingOptions(
         num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
-  ds = ds.filter(CountDrops(stats, patience=len(records) // shard_count + 1))
+  ds = ds.filter(CountDrops(stats, patience=n_records // shard_count + 1))
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id
   length = cfg.max_seq_length
   if cfg.batching == 'max_length':
@@ -209,7 +259,8 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
         batching.bucket_lengths(cfg), pad_id))
   elif cfg.batching == 'packing':
     bins = cfg.packing_bins or 4 * batch_size
-    ds = batching.pack(ds, length, bins, pad_id, seed).batch(batch_size)
+    ds = batching.pack(ds, length, bins, pad_id, seed,
+                       algorithm=cfg.get('packing_algorithm', 'first_fit')).batch(batch_size)
   else:
     raise ValueError(f"data.batching={cfg.batching!r}; expected 'max_length', 'bucket' or "
                      "'packing'")
@@ -217,7 +268,7 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
   if num_epochs is not None and shard_count > 1 and split != 'train':
     # Evaluation passes: each example fills at most one row, so no shard makes more batches than
     # this bound. (Training counts its steps itself and takes the minimum over processes.)
-    rows = -(-len(records) // shard_count) * num_epochs
+    rows = -(-n_records // shard_count) * num_epochs
     width = batching.bucket_lengths(cfg)[0] if cfg.batching == 'bucket' else length
     zero = batching.fill_batch({k: np.zeros((0, width), batching.DTYPES[k])
                                 for k in batching.KEYS}, batch_size)
@@ -229,9 +280,12 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
 
 
 def make_iterator(data_config, tokenizer, *, split: str, batch_size: int, shard_index: int,
-                  shard_count: int, seed: int, num_epochs: int | None = None) -> DataIterator:
+                  shard_count: int, seed: int, num_epochs: int | None = None,
+                  component: str | None = None) -> DataIterator:
   """Checkpointable iterator of batch-contract dicts [batch_size, T] (batch_size per process);
-  `.stats` counts kept and dropped examples by reason. num_epochs=None repeats forever."""
+  `.stats` counts kept and dropped examples by reason (and per mixture component).
+  num_epochs=None repeats forever. `component`: only that mixture component's data (e.g. its
+  validation loss)."""
   return iter(make_dataset(data_config, tokenizer, split=split, batch_size=batch_size,
                            shard_index=shard_index, shard_count=shard_count, seed=seed,
-                           num_epochs=num_epochs))
+                           num_epochs=num_epochs, component=component))

@@ -14,6 +14,24 @@ class DropStats:
   def __init__(self):
     self._lock = threading.Lock()
     self._counts = collections.Counter()
+    self._components = collections.defaultdict(collections.Counter)
+
+  def add_component(self, name: str, reason: str | None, trained_tokens: float = 0.0) -> None:
+    """One example of mixture component `name`: kept (reason None, with its trained tokens) or
+    dropped for `reason`."""
+    with self._lock:
+      c = self._components[name]
+      if reason is None:
+        c['examples'] += 1
+        c['trained_tokens'] += trained_tokens
+      else:
+        c[f'dropped/{reason}'] += 1
+
+  @property
+  def components(self) -> dict[str, dict[str, float]]:
+    """{component: {'examples': n, 'trained_tokens': n, 'dropped/<reason>': n}}."""
+    with self._lock:
+      return {name: dict(sorted(c.items())) for name, c in sorted(self._components.items())}
 
   def add(self, key: str, n: int = 1) -> None:
     with self._lock:
@@ -36,7 +54,10 @@ class DropStats:
     """{'kept': n, 'dropped/<reason>': n, ...}: ready for a metrics writer."""
     out = {'kept': self.kept}
     out.update({f'dropped/{k}': v for k, v in self.dropped.items()})
+    for name, counts in self.components.items():
+      out.update({f'mixture/{name}/{k}': v for k, v in counts.items()})
     return out
 
   def __repr__(self) -> str:
-    return f'DropStats(kept={self.kept}, dropped={self.dropped})'
+    extra = f', components={self.components}' if self._components else ''
+    return f'DropStats(kept={self.kept}, dropped={self.dropped}{extra})'

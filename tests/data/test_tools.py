@@ -106,3 +106,20 @@ def test_inspect_batch_highlights_exactly_the_trained_tokens(tmp_path, gpt2_toke
   page = html_path.read_text()
   assert page.count('class="trained"') == 2
   assert '<span class="trained">hi</span><span class="trained">&lt;|endoftext|&gt;</span>' in page
+
+
+def test_preprocess_num_shards_with_worker_processes(input_dir, tmp_path, shared_data,
+                                                     gpt2_tokenizer):
+  out = tmp_path / 'sharded'
+  params = preprocess.preprocess(preprocess.parse_args([
+      f'--input_dir={input_dir}', f'--tokenizer={shared_data / "gpt2"}', '--max_seq_length=128',
+      '--num_shards=3', '--num_workers=2', f'--output_dir={out}']))
+  assert params['output_files'] == [f'data-0000{i}-of-00003.arrayrecord' for i in range(3)]
+  assert params['examples_written'] == 20 and params['dropped'] == {'empty_response': 1,
+                                                                     'too_long': 1}
+  # Shards are contiguous ranges: read in name order (lazily), they are the online batches.
+  online = _batches(_cfg([str(input_dir / 'part1.jsonl'), str(input_dir / 'part2.json')]),
+                    gpt2_tokenizer)
+  offline = _batches(_cfg(str(out / '*.arrayrecord')), gpt2_tokenizer)
+  assert len(online) == len(offline) == 5
+  assert all(np.array_equal(a[k], b[k]) for a, b in zip(online, offline) for k in a)
