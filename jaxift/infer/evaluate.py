@@ -170,7 +170,7 @@ def evaluate(workdir: str | epath.Path, *, step: str | int = "latest",
   summary: dict[str, Any] = {"workdir": str(workdir), "step": resolved}
   if compute_loss:
     summary.update(test_loss(model, tokenizer, config, batch_size=batch_size))
-  records = sources.load_records(config.data, "test")[:max_examples]
+  records = sources.load_records(config.data, "test", limit=max_examples)
   entries = generate_responses(model, tokenizer, config, records, max_new_tokens=max_new_tokens,
                                batch_size=batch_size, temperature=temperature, top_k=top_k,
                                top_p=top_p, seed=seed, stop_strings=stop_strings)

@@ -14,7 +14,7 @@ def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDi
   Prompts are exactly the tokens the model saw as prompt in training (`tokenize.prompt_tokens`);
   generation stops on the template's end-of-response tokens.
   """
-  records = sources.load_records(config.data, config.eval.generate_split)[:num_examples]
+  records = sources.load_records(config.data, config.eval.generate_split, limit=num_examples)
   if not records:
     raise ValueError(f"config.eval.generate_split={config.eval.generate_split!r} has no records")
   prompts = [tokenize.prompt_tokens(r, config.data, tokenizer) for r in records]

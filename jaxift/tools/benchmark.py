@@ -241,9 +241,12 @@ def main(argv) -> dict:
         result["torch"]["process_cpu_s_per_step"] / result["jaxift"]["process_cpu_s_per_step"], 3)
   if FLAGS.data_file and FLAGS.tokenizer:
     batching = "packing" if FLAGS.packing else "max_length"
+    data_args = benchmark_data.parse_args([
+        f"--data_file={FLAGS.data_file}", f"--tokenizer={FLAGS.tokenizer}",
+        f"--max_seq_length={FLAGS.seq_len}", f"--buckets={FLAGS.seq_len}",
+        f"--batch_size={FLAGS.batch}", f"--seconds={FLAGS.data_seconds}"])
     result["data_pipeline"] = benchmark_data.throughput(
-        FLAGS.data_file, load_tokenizer(FLAGS.tokenizer), batching, FLAGS.data_workers,
-        max_seq_length=FLAGS.seq_len, batch_size=FLAGS.batch, seconds=FLAGS.data_seconds)
+        data_args, load_tokenizer(FLAGS.tokenizer), batching, FLAGS.data_workers)
     result["data_pipeline"]["train_steps_per_s"] = round(1.0 / result["jaxift"]["step_s"], 2)
   text = json.dumps(result, indent=1)
   if FLAGS.out:

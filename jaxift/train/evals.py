@@ -19,6 +19,7 @@ from absl import logging
 import jax
 import ml_collections
 
+from jaxift.data import mixture
 from jaxift.data.pipeline import make_iterator
 from jaxift.infer import generation_check
 from jaxift.model import loss as loss_lib
@@ -62,7 +63,8 @@ def from_config(config: ml_collections.ConfigDict, context: Context) -> list[Any
 @register("validation_loss")
 class ValidationLoss:
   """Token-weighted loss, perplexity and accuracy over the validation split (or its first
-  `eval.max_batches` batches), every `train.eval_every` steps and at the end."""
+  `eval.max_batches` batches), every `train.eval_every` steps and at the end. With a weighted
+  mixture, each component's own validation loss too (`<component>/loss`, ...)."""
   select_best = True
 
   def __init__(self, name: str, context: Context):
@@ -83,15 +85,25 @@ class ValidationLoss:
     return "validation"
 
   def run(self, params: Any) -> dict[str, float] | None:
+    metrics = self._loss(params, component=None)
+    components = mixture.components(self.context.config.data)
+    if metrics is not None and len(components) > 1:
+      for c in components:
+        part = self._loss(params, component=c.name)
+        if part is not None:
+          metrics.update({f"{c.name}/{k}": v for k, v in part.items()})
+    return metrics
+
+  def _loss(self, params: Any, component: str | None) -> dict[str, float] | None:
     config, state = self.context.config, self.context.state
     per_process = self.rows // jax.process_count()
     try:
       batches = make_iterator(config.data, self.context.tokenizer, split="validation",
                               batch_size=per_process, shard_index=jax.process_index(),
                               shard_count=jax.process_count(), seed=config.train.seed,
-                              num_epochs=1)
+                              num_epochs=1, component=component)
     except ValueError as e:  # e.g. an empty validation split
-      logging.warning("no validation: %s", e)
+      logging.warning("no validation%s: %s", f" for {component}" if component else "", e)
       return None
     totals = None
     for i, host_batch in enumerate(host_batches.lockstep(batches, per_process)):

@@ -12,11 +12,11 @@ from typing import Any
 from absl import logging
 from etils import epath
 import jax
-from jax.experimental import multihost_utils
 import ml_collections
 import numpy as np
 
 from jaxift import workdir as workdir_lib
+from jaxift.data import steps as data_steps
 from jaxift.data.pipeline import make_iterator
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.model import loading
@@ -34,18 +34,6 @@ from jaxift.train.preemption import PreemptionWatcher
 
 # Over-long drops above this share of the examples get a warning naming the settings.
 OVERLONG_WARNING_SHARE = 0.01
-
-
-def _count_batches(config, tokenizer, per_process: int, num_epochs: int) -> int:
-  """Batches in `num_epochs` passes (batches run across epoch boundaries, so not epochs * one
-  pass). One dry pass of the pipeline: for very large data sets set train.num_steps instead."""
-  it = make_iterator(config.data, tokenizer, split="train", batch_size=per_process,
-                     shard_index=jax.process_index(), shard_count=jax.process_count(),
-                     seed=config.train.seed, num_epochs=num_epochs)
-  count = sum(1 for _ in it)
-  if jax.process_count() > 1:  # every process must run the same number of steps
-    count = int(np.min(multihost_utils.process_allgather(np.int32(count))))
-  return count
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -94,18 +82,26 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     raise ValueError(f"train.global_batch_size={global_batch} / grad_accum_steps={accum} must be "
                      f"a multiple of the data*fsdp mesh size {batch_shards}")
   per_process = global_batch // jax.process_count()
+  plan = None
   if config.train.num_steps > 0:
-    total_steps, num_epochs = int(config.train.num_steps), None
+    total_steps = int(config.train.num_steps)
   elif config.train.num_epochs > 0:
-    num_epochs = int(config.train.num_epochs)
-    total_steps = _count_batches(config, tokenizer, per_process, num_epochs)
+    # Steps from record counts (packing: a sampled estimate, cached in the workdir), never a dry
+    # pass over the data. Every process computes the same figure and runs exactly that many steps
+    # on a repeating iterator, so none stops early; the end-of-run log says how far off it was.
+    plan = data_steps.plan_steps(
+        config.data, tokenizer, batch_size=per_process, shard_count=jax.process_count(),
+        num_epochs=int(config.train.num_epochs), seed=int(config.train.seed),
+        cache_file=str(workdir / "data_plan.json"))
+    total_steps = plan.steps
+    logging.info("data: %s", plan.describe())
   else:
     raise ValueError("set train.num_steps or train.num_epochs to a positive number")
 
   def make_train_iter():
     return make_iterator(config.data, tokenizer, split="train", batch_size=per_process,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
-                         seed=config.train.seed, num_epochs=num_epochs)
+                         seed=config.train.seed, num_epochs=None)
 
   train_iter = make_train_iter()
 
@@ -301,10 +297,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
   try:
     timer.lap()
     while step < total_steps:
-      try:
-        host_batch = next(train_iter)
-      except StopIteration:  # num_epochs ran out before total_steps (a partial last epoch)
-        break
+      host_batch = next(train_iter)  # repeats: the step count, not the data, ends training
       metrics = train_one_step(step, host_batch)
       checkpointer.check_for_errors()  # a failed background save stops the run now, not later
       step += 1
@@ -341,14 +334,17 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     if guard.streak_start is not None:  # the run ends inside a non-finite streak: never "done"
       stop_on_bad_parameters(step, {"loss": guard.last_loss}, guard.streak_start - 1)
     if not preempted and step > start_step:
-      # The end of training: early stopping or a data set that ran out ends it before the last
-      # step; evaluations not yet run at this step run now, and the final state is saved.
+      # The end of training (the last step, or early stopping before it): evaluations not yet
+      # run at this step run now, and the final state is saved.
       validation_loss = run_evals(step, last=True)
       if validation_loss is not None:
         early.update(validation_loss, step)
       save(step, validation_loss)
     checkpointer.wait()
     results["best_step"] = checkpointer.best_step()
+    if plan is not None:
+      results["data_coverage"] = data_steps.coverage(plan, train_iter.stats)
+      writer.message(results["data_coverage"]["message"])
   finally:
     watcher.close()
     checkpointer.close()

@@ -1,7 +1,6 @@
-"""tools/preprocess.py (ArrayRecord, data_params.json, atomic output) and jaxift.tools.inspect_batch."""
+"""jaxift.tools.preprocess (ArrayRecord, data_params.json, atomic output) and jaxift.tools.inspect_batch."""
 import json
 import pathlib
-import sys
 
 import numpy as np
 import pytest
@@ -10,8 +9,7 @@ from jaxift.data import pipeline, synthetic
 from jaxift.data.config import default_data_config
 
 from jaxift.tools import inspect_batch
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / 'tools'))
-import preprocess  # noqa: E402
+from jaxift.tools import preprocess
 
 RECORDS = synthetic.make_examples(20, seed=9) + [
     {'instruction': 'x', 'input': '', 'output': ''},  # empty response: dropped, counted

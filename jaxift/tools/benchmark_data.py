@@ -1,6 +1,6 @@
 """Measures the data pipeline: non-padding share per batching mode and throughput (examples/s).
 
-  python tools/benchmark_data.py --data_file=../shared/data/instruction-data.json \
+  python -m jaxift.tools.benchmark_data --data_file=../shared/data/instruction-data.json \
       --tokenizer=../shared/data/gpt2 --max_seq_length=1024 --batch_size=8 --workers=0,2
 
 Non-padding share: one shuffled pass over the whole file (num_epochs=1; the last partial batch is
@@ -12,19 +12,46 @@ Alpaca JSONL of N records and the same records in ArrayRecord shards under --sca
 afterwards unless --keep_data); index build time; per process (shard 0 of each --shard_counts),
 in a fresh process each: time to the first batch, peak RSS, examples/s.
 """
-import argparse
 import json
-import pathlib
 import os
 import platform
 import shutil
-import sys
 import time
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import pipeline, scale  # noqa: E402
-from jaxift.data.config import default_data_config  # noqa: E402
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
+from absl import app
+from absl import flags
+import grain
+import transformers
+
+from jaxift.data import pipeline, scale
+from jaxift.data.config import default_data_config
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.tools import parse_flags
+
+
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  f = dict(flag_values=fv)
+  flags.DEFINE_string('data_file', None, 'Alpaca JSON/JSONL for the padding and throughput table',
+                      **f)
+  flags.DEFINE_string('scale_records', '', 'e.g. 1000000,10000000: the scale table instead', **f)
+  flags.DEFINE_string('scale_dir', '/tmp/jaxift_scale', 'where the scale data is written', **f)
+  flags.DEFINE_string('shard_counts', '1,4', 'scale table: process counts (shard 0 measured)', **f)
+  flags.DEFINE_integer('arrayrecord_files', 4, 'scale table: ArrayRecord shards', **f)
+  flags.DEFINE_string('scale_batching', 'packing', 'scale table: batching mode', **f)
+  flags.DEFINE_bool('keep_data', False, 'keep the scale data afterwards', **f)
+  flags.DEFINE_string('tokenizer', None, 'tokenizer path', **f)
+  flags.DEFINE_integer('max_seq_length', 1024, 'row length', **f)
+  flags.DEFINE_integer('batch_size', 8, 'rows per batch', **f)
+  flags.DEFINE_string('buckets', '64,128,256,512', 'bucket lengths', **f)
+  flags.DEFINE_string('workers', '0,2', 'Grain worker counts for the throughput rows', **f)
+  flags.DEFINE_float('seconds', 10.0, 'seconds per throughput measurement', **f)
+  flags.DEFINE_string('throughput_batching', 'max_length,packing', 'batching modes measured', **f)
+  flags.mark_flag_as_required('tokenizer', flag_values=fv)
+
+
+def parse_args(argv) -> flags.FlagValues:
+  """The tool's flags parsed from `argv` (for calling its measurements from Python)."""
+  return parse_flags(define_flags, argv, 'benchmark_data')
 
 
 def _config(args, batching: str, workers: int):
@@ -96,33 +123,19 @@ def scale_table(args) -> list[dict]:
   return rows
 
 
-def main() -> None:
-  p = argparse.ArgumentParser(description=__doc__)
-  p.add_argument('--data_file')
-  p.add_argument('--scale_records', default='', help='e.g. 1000000,10000000: the scale table')
-  p.add_argument('--scale_dir', default='/tmp/jaxift_scale')
-  p.add_argument('--shard_counts', default='1,4')
-  p.add_argument('--arrayrecord_files', type=int, default=4)
-  p.add_argument('--scale_batching', default='packing')
-  p.add_argument('--keep_data', action='store_true')
-  p.add_argument('--tokenizer', required=True)
-  p.add_argument('--max_seq_length', type=int, default=1024)
-  p.add_argument('--batch_size', type=int, default=8)
-  p.add_argument('--buckets', default='64,128,256,512')
-  p.add_argument('--workers', default='0,2')
-  p.add_argument('--seconds', type=float, default=10.0)
-  p.add_argument('--throughput_batching', default='max_length,packing')
-  args = p.parse_args()
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  args = flags.FLAGS
   if args.scale_records:
     scale_table(args)
     return
   if not args.data_file:
-    p.error('give --data_file (or --scale_records)')
+    raise app.UsageError('give --data_file (or --scale_records)')
   tokenizer = load_tokenizer(args.tokenizer)
-  import grain, transformers  # pylint: disable=import-outside-toplevel,multiple-imports
   result = {'python': platform.python_version(), 'grain': grain.__version__,
             'transformers': transformers.__version__, 'machine': platform.machine(),
-            'args': vars(args), 'padding': [], 'throughput': []}
+            'args': args.flag_values_dict(), 'padding': [], 'throughput': []}
   for batching in ('max_length', 'bucket', 'packing'):
     result['padding'].append(padding_share(args, tokenizer, batching))
     print(json.dumps(result['padding'][-1]), flush=True)
@@ -130,8 +143,9 @@ def main() -> None:
     for workers in (int(w) for w in args.workers.split(',')):
       result['throughput'].append(throughput(args, tokenizer, batching, workers))
       print(json.dumps(result['throughput'][-1]), flush=True)
-  print(json.dumps(result))
+  print(json.dumps(result, default=str))
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)

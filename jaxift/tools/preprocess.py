@@ -7,58 +7,68 @@ pipeline reads the output directly and lazily: data.train_files='OUT/*.arrayreco
 --num_shards=N writes N shards (contiguous record ranges, in file order), tokenized by worker
 processes (--num_workers, 0 = one per shard up to the CPU count).
 
-  python tools/preprocess.py --input_dir=../shared/data --input_glob='instruction-data.json' \
+  python -m jaxift.tools.preprocess --input_dir=../shared/data --input_glob='instruction-data.json' \
       --tokenizer=../shared/data/gpt2 --max_seq_length=1024 --output_dir=/tmp/ift
 """
-import argparse
 import json
 import os
 import pathlib
 import shutil
-import sys
 import tempfile
 
+from absl import app
+from absl import flags
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from jaxift.data import shards, sources  # noqa: E402
-from jaxift.data.config import default_data_config  # noqa: E402
-from jaxift.data.stats import DropStats  # noqa: E402
-from jaxift.data.tokenizers import load_tokenizer  # noqa: E402
+from jaxift import fileio
+from jaxift.data import shards, sources
+from jaxift.data.config import default_data_config
+from jaxift.data.stats import DropStats
+from jaxift.data.tokenizers import load_tokenizer
+from jaxift.tools import parse_flags
 
 DATA_SUFFIXES = ('.json', '.jsonl', '.parquet', '.arrayrecord')
 
 
-def parse_args(argv=None) -> argparse.Namespace:
-  p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-  p.add_argument('--input_dir', help='folder of .json/.jsonl/.parquet/.arrayrecord files')
-  p.add_argument('--input_glob', default='*', help='which files of --input_dir (default: all)')
-  p.add_argument('--input_files', default='', help='comma-separated files/globs instead')
-  p.add_argument('--output_dir', required=True)
-  p.add_argument('--overwrite', action='store_true', help='replace an existing --output_dir')
-  p.add_argument('--tokenizer', help='HF tokenizer dir, .gguf file, or GPT-2 encoder.json folder')
-  p.add_argument('--huggingface_tokenizer', help='Cerebras name for --tokenizer')
-  p.add_argument('--tokenizer_type', default='', help='Cerebras compatibility (ignored: the '
-                 'tokenizer kind is detected from the files)')
-  p.add_argument('--encoder_file', help='GPT-2 encoder.json (Cerebras style, with --vocab_file)')
-  p.add_argument('--vocab_file', help='GPT-2 vocab.bpe (Cerebras style, with --encoder_file)')
-  p.add_argument('--format', default='auto')
-  p.add_argument('--template', default='alpaca', help="name, format string, or 'a|b' mixture")
-  p.add_argument('--prompt_key', default='prompt')
-  p.add_argument('--completion_key', default='completion')
-  p.add_argument('--sep_token', default='')
-  p.add_argument('--ftfy', action='store_true')
-  p.add_argument('--max_seq_length', type=int, default=2048)
-  p.add_argument('--overlong', default='drop', choices=('drop', 'truncate_prompt', 'truncate'))
-  p.add_argument('--train_on_prompt', action='store_true')
-  p.add_argument('--pack_sequences', action='store_true', help='write packed rows of exactly '
-                 'max_seq_length (segment_ids/positions) instead of one record per example')
-  p.add_argument('--skip_invalid', action='store_true')
-  p.add_argument('--num_shards', type=int, default=0, help='ArrayRecord shards to write')
-  p.add_argument('--num_output_files', type=int, default=1, help='older name of --num_shards')
-  p.add_argument('--num_workers', type=int, default=0,
-                 help='tokenizing processes (0 = one per shard up to the CPU count, 1 = none)')
-  return p.parse_args(argv)
+def define_flags(fv: flags.FlagValues = flags.FLAGS) -> None:
+  f = dict(flag_values=fv)
+  flags.DEFINE_string('input_dir', None, 'folder of .json/.jsonl/.parquet/.arrayrecord files', **f)
+  flags.DEFINE_string('input_glob', '*', 'which files of --input_dir (default: all)', **f)
+  flags.DEFINE_string('input_files', '', 'comma-separated files/globs instead', **f)
+  flags.DEFINE_string('output_dir', None, 'output folder (written atomically)', **f)
+  flags.DEFINE_bool('overwrite', False, 'replace an existing --output_dir', **f)
+  flags.DEFINE_string('tokenizer', None, 'HF tokenizer dir, .gguf file, or GPT-2 encoder.json '
+                      'folder', **f)
+  flags.DEFINE_string('huggingface_tokenizer', None, 'Cerebras name for --tokenizer', **f)
+  flags.DEFINE_string('tokenizer_type', '', 'Cerebras compatibility (ignored: the tokenizer kind '
+                      'is detected from the files)', **f)
+  flags.DEFINE_string('encoder_file', None, 'GPT-2 encoder.json (Cerebras style, with '
+                      '--vocab_file)', **f)
+  flags.DEFINE_string('vocab_file', None, 'GPT-2 vocab.bpe (Cerebras style, with --encoder_file)',
+                      **f)
+  flags.DEFINE_string('format', 'auto', 'record format (config.data.format)', **f)
+  flags.DEFINE_string('template', 'alpaca', "name, format string, or 'a|b' mixture", **f)
+  flags.DEFINE_string('prompt_key', 'prompt', 'prompt/completion format: the prompt field', **f)
+  flags.DEFINE_string('completion_key', 'completion', 'the completion field', **f)
+  flags.DEFINE_string('sep_token', '', 'text between prompt and completion', **f)
+  flags.DEFINE_bool('ftfy', False, 'repair mojibake with ftfy', **f)
+  flags.DEFINE_integer('max_seq_length', 2048, 'row length', **f)
+  flags.DEFINE_enum('overlong', 'drop', ['drop', 'truncate_prompt', 'truncate'],
+                    'what happens to over-long examples', **f)
+  flags.DEFINE_bool('train_on_prompt', False, 'weight 1 on prompt tokens too', **f)
+  flags.DEFINE_bool('pack_sequences', False, 'write packed rows of exactly max_seq_length '
+                    '(segment_ids/positions) instead of one record per example', **f)
+  flags.DEFINE_bool('skip_invalid', False, 'count and skip malformed records', **f)
+  flags.DEFINE_integer('num_shards', 0, 'ArrayRecord shards to write', **f)
+  flags.DEFINE_integer('num_output_files', 1, 'older name of --num_shards', **f)
+  flags.DEFINE_integer('num_workers', 0, 'tokenizing processes (0 = one per shard up to the CPU '
+                       'count, 1 = none)', **f)
+  flags.mark_flag_as_required('output_dir', flag_values=fv)
+
+
+def parse_args(argv) -> flags.FlagValues:
+  """The tool's flags parsed from `argv` (for calling `preprocess` from Python)."""
+  return parse_flags(define_flags, argv, 'preprocess')
 
 
 def _tokenizer_path(args, tmp: pathlib.Path) -> str:
@@ -145,7 +155,7 @@ def preprocess(args) -> dict:
         'data_config': {k: v for k, v in cfg.to_dict().items() if k != 'synthetic'},
     }
     shutil.rmtree(tmp / 'gpt2_tokenizer', ignore_errors=True)
-    (tmp / 'data_params.json').write_text(json.dumps(params, indent=2, default=list))
+    fileio.write_text(tmp / 'data_params.json', json.dumps(params, indent=2, default=list))
     tmp.chmod(0o755)  # mkdtemp makes it private
     if out.exists():
       old = out.parent / f'.{out.name}.old-{os.getpid()}'
@@ -160,12 +170,15 @@ def preprocess(args) -> dict:
     raise
 
 
-def main(argv=None) -> None:
-  params = preprocess(parse_args(argv))
+def main(argv) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  params = preprocess(flags.FLAGS)
   summary = {k: params[k] for k in ('examples_read', 'examples_written', 'rows_written', 'dropped',
                                     'total_tokens', 'trainable_tokens', 'padding_fraction')}
   print(json.dumps(summary, indent=2))
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  app.run(main)
