@@ -20,6 +20,8 @@ import json
 import unicodedata
 from typing import Any
 
+import ftfy
+
 FORMATS = ('alpaca', 'prompt_completion', 'messages', 'sharegpt')
 ROLES = ('system', 'user', 'assistant', 'tool')
 # Message kinds that data.roles_to_train may name: assistant replies and assistant tool calls. User,
@@ -304,7 +306,6 @@ def invert(conv: Conversation, where: str) -> Conversation:
 
 def clean(conv: Conversation) -> Conversation:
   """ftfy repair + NFC, so the same text always becomes the same tokens."""
-  import ftfy  # pylint: disable=import-outside-toplevel
 
   def fix(s: str) -> str:
     return unicodedata.normalize('NFC', ftfy.fix_text(s))

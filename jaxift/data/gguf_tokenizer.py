@@ -11,6 +11,7 @@ here; anything else raises `UnsupportedGgufTokenizer` so the caller can fall bac
 import pathlib
 from typing import Any
 
+import gguf
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 import transformers
 
@@ -74,8 +75,6 @@ def _byte_alphabet() -> dict[int, str]:
 
 def read_gguf_tokenizer_fields(path: pathlib.Path) -> dict[str, Any]:
   """The tokenizer keys present in the file, as Python values (no tensor data is read)."""
-  import gguf  # pylint: disable=import-outside-toplevel  # only GGUF users need it
-
   reader = gguf.GGUFReader(str(path))
   return {key: reader.fields[key].contents() for key in _TOKENIZER_KEYS if key in reader.fields}
 

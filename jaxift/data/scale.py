@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 
+from array_record.python import array_record_module
 import numpy as np
 
 from jaxift.data import index as index_lib
@@ -41,7 +42,6 @@ def write_jsonl(path: str, n: int, seed: int = 0) -> float:
 
 def write_arrayrecord(jsonl: str, out_dir: str, num_files: int) -> float:
   """The same records, one JSON object per ArrayRecord record, in `num_files` contiguous shards."""
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   t0 = time.perf_counter()
   os.makedirs(out_dir, exist_ok=True)
   n = sum(1 for _ in open(jsonl, 'rb'))

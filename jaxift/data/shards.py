@@ -11,6 +11,7 @@ import json
 import multiprocessing
 import os
 
+from array_record.python import array_record_module
 import grain
 import ml_collections
 import numpy as np
@@ -43,7 +44,6 @@ def shard_ranges(n: int, num_shards: int) -> list[tuple[int, int]]:
 
 def write_shard(cfg_dict: dict, tokenizer, lo: int, hi: int, path: str, pack: bool) -> ShardResult:
   """Tokenizes records [lo, hi) of the train split and writes them (or their packed rows)."""
-  from array_record.python import array_record_module  # pylint: disable=import-outside-toplevel
   cfg = ml_collections.FrozenConfigDict(cfg_dict)
   if isinstance(tokenizer, str):  # in a worker process: load it there
     tokenizer = load_tokenizer(tokenizer)

@@ -29,6 +29,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from jaxift.data import index as index_lib
+from jaxift.data import synthetic
 from jaxift.data.formats import RecordError
 
 SPLITS = ('train', 'validation', 'test')
@@ -414,7 +415,6 @@ def load_split(cfg, split: str):
   if split not in SPLITS:
     raise ValueError(f'split={split!r}; expected one of {SPLITS}')
   if cfg.source == 'synthetic':
-    from jaxift.data import synthetic  # pylint: disable=import-outside-toplevel  (no cycle)
     records = synthetic.make_splits(cfg.synthetic)[split]
     return [(f'synthetic {split}[{i}]', r) for i, r in enumerate(records)], collections.Counter()
   if cfg.source != 'files':
