@@ -6,7 +6,7 @@ data, schedule and evaluation; only the adapters are trained).
 
 Variants: data=FILE, model=PATH, epochs=N, template=tokenizer|alpaca (as smollm2_alpaca),
 rank=R, alpha=A, dropout=P, targets=all|attn|qv (projections adapted), bf16_base, runlocal.
-Export: python tools/export_lora.py --workdir=runs/smollm2_lora --peft_dir=... --merged_dir=...
+Export: python -m jaxift.tools.export_lora --workdir=runs/smollm2_lora --peft_dir=... --merged_dir=...
 """
 from jaxift.model import lora
 from jaxift.train.config import apply_runlocal, load_sibling_config, parse_arg

@@ -1,5 +1,5 @@
 """Mask audit: runs a dataset through tokenize+mask and checks, per example, the invariants a
-template can break (DESIGN.md section 3). `tools/inspect_batch.py --check` prints its table.
+template can break (DESIGN.md section 3). `jaxift/tools/inspect_batch.py --check` prints its table.
 
 - `end_token`: every trained run of tokens (one per trained assistant turn) ends with exactly one
   end-of-turn token, and no other token of the run ends a turn; the runs match the trained turns.
@@ -129,7 +129,7 @@ def run_audit(data_config, tokenizer, split: str = 'train', limit: int | None = 
   report.dropped.update(invalid)
   for where, record in records[:limit]:
     if isinstance(record, dict) and all(k in record for k in pipeline.PRETOKENIZED_KEYS):
-      report.dropped['pretokenized_not_audited'] += 1  # tools/preprocess.py rows: no text left
+      report.dropped['pretokenized_not_audited'] += 1  # jaxift/tools/preprocess.py rows: no text left
       continue
     try:
       conv, tokens, weights = tokenize.encode_record(record, data_config, tokenizer, where)

@@ -20,7 +20,7 @@ def default_data_config() -> ml_collections.ConfigDict:
   # --- where the records come from ---
   c.source = 'files'  # 'files' | 'synthetic'
   # Comma-separated paths or globs (local or etils.epath, e.g. gs://): .json (array), .jsonl,
-  # .parquet, .arrayrecord (tools/preprocess.py output), or a `datasets.save_to_disk` folder.
+  # .parquet, .arrayrecord (jaxift/tools/preprocess.py output), or a `datasets.save_to_disk` folder.
   # A list of paths works too (from a config file).
   c.train_files = ml_collections.FieldReference('', field_type=object)
   # '' = carve validation and test out of train_files with split_fractions

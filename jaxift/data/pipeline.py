@@ -54,13 +54,13 @@ class TokenizeRecord(grain.transforms.Map):
 
 
 def from_pretokenized(record: dict, cfg, where: str) -> dict[str, np.ndarray]:
-  """A record written by tools/preprocess.py (already shifted and masked)."""
+  """A record written by jaxift/tools/preprocess.py (already shifted and masked)."""
   ex = {k: np.asarray(record[k], np.int32 if k != 'weights' else np.float32)
         for k in PRETOKENIZED_KEYS}
   n = len(ex['inputs'])
   if 'segment_ids' in record:  # an offline-packed row
     if cfg.batching != 'max_length':
-      raise ValueError(f"{where}: rows packed by tools/preprocess.py need data.batching="
+      raise ValueError(f"{where}: rows packed by jaxift/tools/preprocess.py need data.batching="
                        f"'max_length', not {cfg.batching!r}")
     ex['segment_ids'] = np.asarray(record['segment_ids'], np.int32)
     ex['positions'] = np.asarray(record['positions'], np.int32)

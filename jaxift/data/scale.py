@@ -1,8 +1,8 @@
-"""Data-at-scale measurements (`tools/benchmark_data.py --scale_records=...`): synthetic Alpaca
+"""Data-at-scale measurements (`jaxift/tools/benchmark_data.py --scale_records=...`): synthetic Alpaca
 JSONL and ArrayRecord files of N records, and per-process time to the first batch, peak RSS and
 steady examples/s, each measured in a fresh process (so RSS is that process's own).
 
-  python tools/benchmark_data.py --scale_records=1000000 --scale_dir=/tmp/scale \
+  python -m jaxift.tools.benchmark_data --scale_records=1000000 --scale_dir=/tmp/scale \
       --tokenizer=../shared/data/gpt2 --shard_counts=1,4
 """
 import json

@@ -1,5 +1,5 @@
 """Offline tokenization into N ArrayRecord shards, one worker process per shard at a time (the
-library side of `tools/preprocess.py --num_shards`).
+library side of `jaxift/tools/preprocess.py --num_shards`).
 
 Shard i holds the contiguous record range [i * N / S, (i + 1) * N / S) of the train split, so the
 shards read in name order are the records in file order. Each worker opens the split lazily (its
