@@ -27,6 +27,7 @@ class AuditReport:
   violations: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   turns_dropped: collections.Counter = dataclasses.field(default_factory=collections.Counter)
   first: dict = dataclasses.field(default_factory=dict)  # kind -> 'file:line: detail'
+  longer_than_max: int = 0  # checked examples longer than max_seq_length + 1 tokens (pre-policy)
 
   @property
   def ok(self) -> bool:
@@ -41,7 +42,8 @@ class AuditReport:
     lines = [f'mask audit: {self.checked} examples checked, {sum(self.dropped.values())} dropped '
              f'({", ".join(f"{k} {v}" for k, v in sorted(self.dropped.items())) or "none"}); '
              'turns dropped from kept examples: '
-             f'{", ".join(f"{k} {v}" for k, v in sorted(self.turns_dropped.items())) or "none"}',
+             f'{", ".join(f"{k} {v}" for k, v in sorted(self.turns_dropped.items())) or "none"}; '
+             f'{self.longer_than_max} longer than max_seq_length (data.overlong applies)',
              f'{"violation":<28} {"count":>7}  first',
              *(f'{k:<28} {self.violations[k]:>7}  {self.first.get(k, "")}' for k in kinds),
              'OK' if self.ok else f'FAILED: {sum(self.violations.values())} violations']
@@ -140,6 +142,7 @@ def run_audit(data_config, tokenizer, split: str = 'train', limit: int | None = 
       continue
     prompt = tokenize.prompt_tokens(record, data_config, tokenizer, where)
     report.checked += 1
+    report.longer_than_max += len(tokens) > data_config.max_seq_length + 1
     report.turns_dropped.update(conv.notes)
     for kind, detail in check_example(conv, tokens, weights, prompt, tokenizer):
       report.add(kind, where, detail)

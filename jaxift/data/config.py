@@ -69,6 +69,9 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.max_seq_length = 512  # row length T of inputs/targets (an example has at most T+1 tokens)
   c.overlong = 'drop'  # 'drop' | 'truncate_prompt' | 'truncate'
   c.skip_invalid = False  # skip (and count) malformed lines/records instead of failing
+  # Records checked (parsed, templated, masks audited) before the model is built, so a bad record
+  # or template fails in seconds with its file:line instead of at step N; 0 = off.
+  c.precheck_records = 64
   # --- batching ---
   c.batching = 'max_length'  # 'max_length' | 'bucket' | 'packing'
   c.buckets = (64, 128, 256, 512)  # row lengths for 'bucket' (max_seq_length is always added)

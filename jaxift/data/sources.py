@@ -396,6 +396,9 @@ def read_files(spec: Any, skip_invalid: bool = False, hf_split: str = 'train', c
           if col not in src.columns:
             raise ValueError(f'{path}: no column {col!r} ({key}); the columns found are '
                              f'{src.columns}')
+    if len(src) == 0 and not (isinstance(src, IndexedTextFile) and src.invalid()[0]):
+      raise ValueError(f'{path}: the file holds no records (an empty file, or an empty array); '
+                       'remove it from the data files or fill it')
     parts.append(src)
   return (parts[0] if len(parts) == 1 else Concat(parts)), +counts
 

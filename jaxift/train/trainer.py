@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 
 from jaxift import workdir as workdir_lib
+from jaxift.data import audit
 from jaxift.data import steps as data_steps
 from jaxift.data.pipeline import make_iterator
 from jaxift.data.tokenizers import load_tokenizer
@@ -104,6 +105,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
                          seed=config.train.seed, num_epochs=None)
 
   train_iter = make_train_iter()
+
+  # ---- Data check on a bounded sample, before any model is built -----------------------------------
+  if int(config.data.get("precheck_records", 0)) > 0:
+    report = audit.run_audit(config.data, tokenizer, split="train",
+                             limit=int(config.data.precheck_records))
+    errors = {k: v for k, v in report.first.items() if k.startswith("record_error/")}
+    if errors:
+      raise ValueError("the training data has errors (first of each kind): "
+                       + "; ".join(errors.values()))
+    if not report.ok:
+      logging.warning("mask audit of the first %d training records:\n%s",
+                      config.data.precheck_records, report.table())
 
   # ---- Run identity: a resume may not silently train another model, tokenizer or data -------------
   checkpointer = workdir_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
