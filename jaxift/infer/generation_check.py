@@ -9,10 +9,13 @@ from jaxift.infer import metrics, sampler
 
 def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDict,
                      num_examples: int) -> dict[str, Any]:
-  """{'exact_match': mean, 'examples': [{'prompt', 'reference', 'generation', 'correct'}...]}.
+  """{'exact_match': strict mean, 'exact_match_normalized': mean, 'examples': [...]}.
 
-  Prompts are exactly the tokens the model saw as prompt in training (`tokenize.prompt_tokens`);
-  generation stops on the template's end-of-response tokens.
+  Strict: the response equals the reference but for surrounding white space -- the headline, since
+  the synthetic tasks have exactly one right answer ('MAGNET CALM WINDOW' is not 'Magnet calm
+  window.'). Normalized (SQuAD-style: case, punctuation, articles) beside it. Prompts are exactly
+  the tokens the model saw as prompt in training (`tokenize.prompt_tokens`); generation stops on
+  the template's end-of-response tokens.
   """
   records = sources.load_records(config.data, config.eval.generate_split, limit=num_examples)
   if not records:
@@ -23,10 +26,12 @@ def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDi
   generations = sampler.generate(
       model, tokenizer, prompts, max_new_tokens=config.eval.max_new_tokens, temperature=0.0,
       stop_token_ids=stop_ids, batch_size=min(config.eval.generate_batch_size, len(prompts)))
-  scores = [metrics.exact_match(g, ref) for g, ref in zip(generations, references)]
+  strict = [float(g.strip() == ref.strip()) for g, ref in zip(generations, references)]
+  normalized = [metrics.exact_match(g, ref) for g, ref in zip(generations, references)]
   examples = [{"prompt": tokenizer.decode(p), "reference": ref, "generation": g, "correct": s}
-              for p, ref, g, s in zip(prompts, references, generations, scores)]
-  return {"exact_match": sum(scores) / len(scores), "examples": examples}
+              for p, ref, g, s in zip(prompts, references, generations, strict)]
+  return {"exact_match": sum(strict) / len(strict),
+          "exact_match_normalized": sum(normalized) / len(normalized), "examples": examples}
 
 
 def format_examples(examples: list[dict[str, Any]], n: int) -> str:

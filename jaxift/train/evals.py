@@ -140,11 +140,13 @@ class ExactMatch:
                                             self.context.tokenizer, self.context.config,
                                             self.examples)
     self.last_examples = out["examples"]
-    return {"exact_match": out["exact_match"], "examples": self.examples}
+    return {"exact_match": out["exact_match"],
+            "exact_match_normalized": out["exact_match_normalized"], "examples": self.examples}
 
   def report(self, label: str, metrics: dict[str, float]) -> str:
     """The console lines for one run: the score and a few generations."""
     config = self.context.config
     return (f"exact match {label} fine-tuning: {metrics['exact_match']:.3f} on {self.examples} "
-            f"held-out examples\n" + generation_check.format_examples(
+            f"held-out examples (normalized for case and punctuation: "
+            f"{metrics['exact_match_normalized']:.3f})\n" + generation_check.format_examples(
                 self.last_examples, config.eval.show_generations))
