@@ -3,7 +3,9 @@
 Multi-host: on a Cloud TPU VM slice `jax.distributed.initialize()` finds its peers by itself; on
 other clusters pass --coordinator_address/--num_processes/--process_id to every process.
 """
+import difflib
 import glob
+import importlib.util
 import json
 import os
 import sys
@@ -77,6 +79,62 @@ def validate_data(config, limit: int) -> bool:
   return clean
 
 
+def _config_keys(argv: list[str]) -> list[str]:
+  """Every dotted key of the config file named by --config= (loaded again: the failed parse left
+  no value to read)."""
+  spec = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if not spec:
+    return []
+  path, _, variant = spec.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_jaxift_hint_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(variant or None) if variant else module.get_config()
+
+  def flatten(tree, prefix=""):
+    for k, v in tree.items():
+      name = f"{prefix}.{k}" if prefix else str(k)
+      yield name
+      if isinstance(v, dict):
+        yield from flatten(v, name)
+  return list(flatten(config.to_dict()))
+
+
+def _override_hint(argv: list[str]) -> str | None:
+  """'--config.optimizer.learning_rate is not a key of the config; did you mean optimizer.lr?' for
+  the first --config.* override that names no key of the config file."""
+  try:
+    known = set(_config_keys(argv))
+  except Exception:  # pylint: disable=broad-except  (then absl's own error stands)
+    return None
+  for arg in argv:
+    if arg.startswith("--config.") and known:
+      key = arg[len("--config."):].split("=", 1)[0]
+      if key not in known:
+        parent, _, leaf = key.rpartition(".")
+        siblings = sorted(k for k in known if k.rpartition(".")[0] == parent)
+        initials = "".join(w[:1] for w in leaf.split("_"))  # learning_rate -> lr
+        close = ([k for k in siblings if k.rpartition(".")[2] == initials]
+                 or difflib.get_close_matches(key, siblings or sorted(known), n=1, cutoff=0.5))
+        return (f"--config.{key} is not a key of the config" +
+                (f"; did you mean --config.{close[0]}?" if close else ""))
+  return None
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  """absl's parser, with a misspelt --config.* override reported in one line (not a traceback)."""
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error:
+    raise  # absl prints these itself
+  except (AttributeError, KeyError, TypeError, ValueError):
+    hint = _override_hint(argv)
+    if hint is None:
+      raise
+    print(f"error: {hint}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
@@ -94,4 +152,4 @@ def main(argv) -> None:
 
 if __name__ == "__main__":
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  app.run(main, flags_parser=_parse_flags)
