@@ -22,7 +22,7 @@ from typing import Any
 
 import ftfy
 
-FORMATS = ('alpaca', 'prompt_completion', 'messages', 'sharegpt')
+FORMATS = ('alpaca', 'prompt_completion', 'messages', 'sharegpt', 'self_instruct')
 ROLES = ('system', 'user', 'assistant', 'tool')
 # Message kinds that data.roles_to_train may name: assistant replies and assistant tool calls. User,
 # system and tool turns are never trained (DESIGN.md section 3).
@@ -91,10 +91,13 @@ def detect_format(record: dict) -> str:
     return 'sharegpt'
   if 'prompt' in record and 'completion' in record:
     return 'prompt_completion'
+  if 'instruction' in record and 'instances' in record:
+    return 'self_instruct'
   raise RecordError(
       f'cannot detect the format of a record with keys {sorted(record)}; expected alpaca '
-      "(instruction/input/output), messages, conversations (sharegpt) or prompt/completion; "
-      'set data.format explicitly', reason='missing_key')
+      "(instruction/input/output), messages, conversations (sharegpt), prompt/completion or "
+      "self-instruct seed tasks (instruction/instances); set data.format explicitly",
+      reason='missing_key')
 
 
 def _from_alpaca(record: dict, where: str) -> Conversation:
@@ -104,6 +107,19 @@ def _from_alpaca(record: dict, where: str) -> Conversation:
   prompt = instruction + ('\n\n' + inp if inp.strip() else '')
   fields = {'instruction': instruction, 'input': inp, 'output': output}
   return Conversation([Turn('user', prompt, False), Turn('assistant', output, True)], fields)
+
+
+def _from_self_instruct(record: dict, where: str) -> Conversation:
+  """A self-instruct seed task (Alpaca's seed_tasks.jsonl): the instruction with its first
+  instance's input and output, as an Alpaca record."""
+  instances = _require(record, 'instances', where)
+  if not isinstance(instances, list) or not instances or not isinstance(instances[0], dict):
+    raise RecordError(f'{where}: key \'instances\' must hold a non-empty list of '
+                      '{input, output} objects', reason='missing_key')
+  first = instances[0]
+  return _from_alpaca({'instruction': _require(record, 'instruction', where),
+                       'input': first.get('input', ''), 'output': _require(first, 'output', where)},
+                      where)
 
 
 def _from_prompt_completion(record: dict, cfg, where: str) -> Conversation:
@@ -259,6 +275,8 @@ def to_conversation(record: dict, cfg, where: str = 'record', *,
     conv = _from_alpaca(record, where)
   elif fmt == 'prompt_completion':
     conv = _from_prompt_completion(record, cfg, where)
+  elif fmt == 'self_instruct':
+    conv = _from_self_instruct(record, where)
   elif fmt == 'messages':
     conv = _from_turn_list(_require(record, cfg.messages_key, where), 'role', 'content',
                            _MESSAGE_ROLES, where, cfg.messages_key)

@@ -173,7 +173,10 @@ def preprocess(args) -> dict:
 def main(argv) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  params = preprocess(flags.FLAGS)
+  try:
+    params = preprocess(flags.FLAGS)
+  except (ValueError, OSError) as e:  # RecordError included: one line naming file:line
+    raise SystemExit(f'error: {e}') from None
   summary = {k: params[k] for k in ('examples_read', 'examples_written', 'rows_written', 'dropped',
                                     'total_tokens', 'trainable_tokens', 'padding_fraction')}
   print(json.dumps(summary, indent=2))

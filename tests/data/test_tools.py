@@ -5,7 +5,7 @@ import pathlib
 import numpy as np
 import pytest
 
-from jaxift.data import pipeline, synthetic
+from jaxift.data import formats, pipeline, synthetic
 from jaxift.data.config import default_data_config
 
 from jaxift.tools import inspect_batch
@@ -121,3 +121,21 @@ def test_preprocess_num_shards_with_worker_processes(input_dir, tmp_path, shared
   offline = _batches(_cfg(str(out / '*.arrayrecord')), gpt2_tokenizer)
   assert len(online) == len(offline) == 5
   assert all(np.array_equal(a[k], b[k]) for a, b in zip(online, offline) for k in a)
+
+
+def test_readme_preprocess_example_on_the_shared_folder(shared_data, tmp_path):
+  """The README's --input_glob='*.jsonl' over ../shared/data picks up the self-instruct seed tasks
+  (instruction + instances): each becomes the Alpaca record of its first instance."""
+  params = preprocess.preprocess(preprocess.parse_args([
+      f'--input_dir={shared_data}', '--input_glob=*.jsonl', f'--tokenizer={shared_data / "gpt2"}',
+      '--max_seq_length=512', f'--output_dir={tmp_path / "out"}']))
+  first = json.loads((shared_data / 'alpaca-seed-tasks.jsonl').read_text().splitlines()[0])
+  assert params['examples_read'] == len((shared_data / 'alpaca-seed-tasks.jsonl').read_text()
+                                         .splitlines())
+  assert params['examples_written'] + sum(params['dropped'].values()) == params['examples_read']
+  cfg = default_data_config()
+  conv = formats.to_conversation(first, cfg, 'seed:1')
+  instance = first['instances'][0]
+  assert conv.turns[-1].text == instance['output'] and conv.turns[-1].trainable
+  assert conv.turns[0].text == first['instruction'] + (
+      '\n\n' + instance['input'] if instance['input'].strip() else '')
