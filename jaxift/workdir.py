@@ -437,7 +437,7 @@ def run_identity(config: ml_collections.ConfigDict, tokenizer: Any, model_hf: di
   }
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
   """{'a.b.0.c': leaf}: dicts by key, lists by index, so a diff names the exact entry."""
   items = (tree.items() if isinstance(tree, dict) else
            enumerate(tree) if isinstance(tree, (list, tuple)) and tree else None)
@@ -445,7 +445,7 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: tree}
   out = {}
   for k, v in items:
-    out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+    out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
   return out
 
 
@@ -453,7 +453,7 @@ def identity_changes(old: dict, new: dict) -> dict[str, list[str]]:
   """{part: ['key: old -> new', ...]} for every part whose values differ."""
   changes: dict[str, list[str]] = {}
   for part in IDENTITY_PARTS:
-    a, b = _flatten(old.get(part, {})), _flatten(new.get(part, {}))
+    a, b = flatten(old.get(part, {})), flatten(new.get(part, {}))
     rows = [f"{part}.{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
             for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     if rows:
@@ -487,6 +487,17 @@ def check_identity(workdir: str | epath.Path, identity: dict, allow: str = "") -
         f"silently train something else. Changed:\n  {shown}\nUse a new --workdir, or allow it "
         f"deliberately with --config.checkpoint.allow_changes={','.join(refused)}")
   return changes
+
+
+def config_changes(workdir: str | epath.Path, config: ml_collections.ConfigDict) -> list[str]:
+  """'key: old -> new' for every config value that differs from the run's config.json."""
+  try:
+    old = flatten(load_config(workdir).to_dict())
+  except FileNotFoundError:
+    return []
+  new = flatten(json.loads(config.to_json_best_effort()))
+  return [f"{k}: {json.dumps(old.get(k), default=str)} -> {json.dumps(new.get(k), default=str)}"
+          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
 
 
 def save_identity(workdir: str | epath.Path, identity: dict) -> None:

@@ -50,17 +50,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lock.release()
 
 
-def _config_changes(workdir: epath.Path, config: ml_collections.ConfigDict) -> list[str]:
-  """'key: old -> new' for every config value that differs from the run's config.json."""
-  try:
-    old = workdir_lib._flatten(workdir_lib.load_config(workdir).to_dict())  # pylint: disable=protected-access
-  except FileNotFoundError:
-    return []
-  new = workdir_lib._flatten(json.loads(config.to_json_best_effort()))  # pylint: disable=protected-access
-  return [f"{k}: {json.dumps(old.get(k), default=str)} -> {json.dumps(new.get(k), default=str)}"
-          for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
-
-
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   if is_main:
@@ -75,6 +64,20 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
 
   # ---- Tokenizer and input ------------------------------------------------------------------------
   tokenizer = load_tokenizer(config.tokenizer.path or config.model.path)
+
+  # A bounded sample of the data is checked before anything is built: a bad record or template
+  # fails here in seconds, naming its file:line, instead of at step N.
+  if int(config.data.get("precheck_records", 0)) > 0:
+    report = audit.run_audit(config.data, tokenizer, split="train",
+                             limit=int(config.data.precheck_records))
+    errors = {k: v for k, v in report.first.items() if k.startswith("record_error/")}
+    if errors:
+      raise ValueError("the training data has errors (first of each kind): "
+                       + "; ".join(errors.values()))
+    if not report.ok:
+      logging.warning("mask audit of the first %d training records:\n%s",
+                      config.data.precheck_records, report.table())
+
   global_batch, accum = int(config.train.global_batch_size), int(config.train.grad_accum_steps)
   if global_batch % jax.process_count():
     raise ValueError(f"train.global_batch_size={global_batch} is not divisible by "
@@ -106,18 +109,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
 
   train_iter = make_train_iter()
 
-  # ---- Data check on a bounded sample, before any model is built -----------------------------------
-  if int(config.data.get("precheck_records", 0)) > 0:
-    report = audit.run_audit(config.data, tokenizer, split="train",
-                             limit=int(config.data.precheck_records))
-    errors = {k: v for k, v in report.first.items() if k.startswith("record_error/")}
-    if errors:
-      raise ValueError("the training data has errors (first of each kind): "
-                       + "; ".join(errors.values()))
-    if not report.ok:
-      logging.warning("mask audit of the first %d training records:\n%s",
-                      config.data.precheck_records, report.table())
-
   # ---- Run identity: a resume may not silently train another model, tokenizer or data -------------
   checkpointer = workdir_lib.Checkpointer(workdir, keep=config.checkpoint.keep,
                                           keep_best=config.checkpoint.keep_best,
@@ -148,7 +139,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
   if resuming:
     make_iter = make_train_iter if config.checkpoint.save_data_iterator else None
     try:  # the newest checkpoint that restores; a corrupt one is reported and skipped
-      start_step, restored = checkpointer.restore_latest(
+      _, restored = checkpointer.restore_latest(
           abstract_params=state.params, abstract_opt_state=state.opt_state, data_iter_fn=make_iter)
       train_iter = restored["data_iter"] or train_iter
     except ValueError as e:
@@ -158,8 +149,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
       # mapped onto this run's shards. Parameters and optimizer state still resume.
       logging.warning("data iterator state not restorable (%s); restarting the data order", e)
       train_iter = make_train_iter()
-      start_step, restored = checkpointer.restore_latest(abstract_params=state.params,
-                                                         abstract_opt_state=state.opt_state)
+      _, restored = checkpointer.restore_latest(abstract_params=state.params,
+                                                abstract_opt_state=state.opt_state)
     state.params, state.opt_state = restored["params"], restored["opt_state"]
     start_step = int(restored["meta"]["step"])
     early.load_state_dict(restored["meta"].get("early_stopping", {}))
@@ -169,7 +160,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     workdir_lib.append_history(workdir, {
         "event": "resume" if resuming else "start", "step": start_step,
         "identity_changes": identity_changes,
-        "config_changes": _config_changes(workdir, config) if resuming else []})
+        "config_changes": workdir_lib.config_changes(workdir, config) if resuming else []})
     workdir_lib.save_config(workdir, config)
     workdir_lib.save_identity(workdir, identity)
     workdir_lib.save_model_config(workdir, model_hf)
