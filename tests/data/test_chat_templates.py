@@ -255,11 +255,15 @@ def test_qwen3_tool_calls_on_the_final_rendering(cfg, smollm2_tokenizer):
   assert full_tokens(same) == full_tokens(ex)
 
 
+# The chat with both assistant answers (Mistral templates render every turn).
+TWO_ANSWERS = [CHAT[0], CHAT[1], {'role': 'assistant', 'content': 'Four.'}, CHAT[3],
+               {'role': 'assistant', 'content': 'Six.'}]
+
+
 def test_mistral_inst_template(cfg, gpt2_tokenizer):
   tok = gpt2_tokenizer
   eos = tok.eos_token_id
-  msgs = [CHAT[0], CHAT[1], {'role': 'assistant', 'content': 'Four.'}, CHAT[3],
-          {'role': 'assistant', 'content': 'Six.'}]
+  msgs = TWO_ANSWERS
   final = render(tok, msgs, ct.MISTRAL)
   assert final == ('<|endoftext|>[INST] Be brief.\n\nWhat is 2+2? [/INST]Four.<|endoftext|>'
                    '[INST] And 3+3? [/INST]Six.<|endoftext|>')
@@ -273,8 +277,7 @@ def test_mistral_inst_template(cfg, gpt2_tokenizer):
 def test_mistral_v3_system_in_last_user_turn_and_no_generation_prompt(cfg, gpt2_tokenizer):
   tok = gpt2_tokenizer
   eos = tok.eos_token_id
-  msgs = [CHAT[0], CHAT[1], {'role': 'assistant', 'content': 'Four.'}, CHAT[3],
-          {'role': 'assistant', 'content': 'Six.'}]
+  msgs = TWO_ANSWERS
   final = render(tok, msgs, ct.MISTRAL_V3)
   # The system text shows only while the last message is a user turn: not prefix-preserving.
   assert final == ('<|endoftext|>[INST] What is 2+2?[/INST] Four.<|endoftext|>'
