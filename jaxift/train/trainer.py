@@ -4,7 +4,6 @@ Mesh -> tokenizer and input -> train state (born sharded, or abstract when a che
 overwrite it; `jaxift.train.state`) -> resume -> evaluators from config -> loop (metrics one step
 late, evaluations, best checkpoint, early stopping, SIGTERM) -> final evaluations.
 """
-import json
 import math
 import time
 from typing import Any

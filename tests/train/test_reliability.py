@@ -186,7 +186,7 @@ def test_unwritable_checkpoints_fail_before_any_compute(tiny_config, tmp_path):
 
 def test_a_full_disk_is_refused_at_start(tiny_config, tmp_path, monkeypatch):
   usage = shutil.disk_usage(tmp_path)
-  monkeypatch.setattr(workdir_lib.shutil, "disk_usage",
+  monkeypatch.setattr(workdir_lib.checkpoints.shutil, "disk_usage",
                       lambda _: usage._replace(free=1024))
   with pytest.raises(workdir_lib.CheckpointWriteError, match="less than one checkpoint"):
     train_and_evaluate(tiny_config(steps=1), str(tmp_path))
