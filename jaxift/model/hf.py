@@ -134,7 +134,8 @@ def hf_tensors(model, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
         else:
           value = _to_host(flat[("layers", i) + rule.path][...])
         parts.append(np.ascontiguousarray(rule.to_hf(value)))
-      yield first.name(i), parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+      yield first.name(i), (parts[0] if len(parts) == 1
+                            else np.concatenate(parts, axis=first.part_axis))
 
 
 def _group_by_hf_name(rules: list[weights.Rule]) -> dict[str, list[weights.Rule]]:

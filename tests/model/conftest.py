@@ -18,6 +18,23 @@ FAMILY_CASES = {
     "mistral_window": ("MistralConfig", dict(_COMMON, sliding_window=4)),
     "qwen2_tied": ("Qwen2Config", dict(_COMMON, tie_word_embeddings=True)),
     "qwen3": ("Qwen3Config", dict(_COMMON, head_dim=16, tie_word_embeddings=False)),
+    # 3 layers: sliding, full, sliding; window 4 < the test lengths; scale != head_dim ** -0.5;
+    # final soft-cap small, so it bites (attn_logit_softcapping is ignored, as transformers does).
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        _COMMON, num_hidden_layers=3, head_dim=16, sliding_window=4, query_pre_attn_scalar=24,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        attn_logit_softcapping=0.5, final_logit_softcapping=3.0, max_position_embeddings=64,
+        rope_parameters=dict(full_attention=dict(rope_type="linear", factor=2.0,
+                                                 rope_theta=50000.0),
+                             sliding_attention=dict(rope_type="default", rope_theta=100.0)),
+        pad_token_id=0, bos_token_id=2, eos_token_id=1)),
+    # longrope: positions past original_max_position_embeddings=16 switch to the long factors.
+    "phi3_longrope": ("Phi3Config", dict(
+        _COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=64,
+        original_max_position_embeddings=16, tie_word_embeddings=False,
+        rope_parameters=dict(rope_type="longrope", rope_theta=10000.0,
+                             short_factor=[1.0, 1.3, 1.7, 2.5], long_factor=[1.5, 2.0, 3.0, 4.5],
+                             original_max_position_embeddings=16))),
     "gpt2_tied": ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
                                      n_positions=64, bos_token_id=1, eos_token_id=2)),
     "gpt2_untied": ("GPT2Config", dict(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4,
