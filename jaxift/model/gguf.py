@@ -69,10 +69,10 @@ def hf_to_gguf_names(cfg: ModelConfig) -> dict[str, str]:
 
 def to_gguf_layout(cfg: ModelConfig, hf_name: str, w: np.ndarray) -> np.ndarray:
   """What llama.cpp's converter does to an HF tensor (the inverse of `from_gguf_layout`)."""
-  if GGUF_ARCHITECTURE[cfg.model_type] == "llama":
-    if hf_name.endswith("self_attn.q_proj.weight"):
+  if GGUF_ARCHITECTURE[cfg.model_type] == "llama":  # weights and biases, as llama.cpp
+    if ".self_attn.q_proj." in hf_name:
       return permute_rotary_rows(w, cfg.num_attention_heads)
-    if hf_name.endswith("self_attn.k_proj.weight"):
+    if ".self_attn.k_proj." in hf_name:
       return permute_rotary_rows(w, cfg.num_key_value_heads)
   if cfg.family == "gemma3" and hf_name.endswith("norm.weight"):
     return w + 1
@@ -81,9 +81,9 @@ def to_gguf_layout(cfg: ModelConfig, hf_name: str, w: np.ndarray) -> np.ndarray:
 
 def from_gguf_layout(cfg: ModelConfig, hf_name: str, w: np.ndarray) -> np.ndarray:
   if GGUF_ARCHITECTURE[cfg.model_type] == "llama":
-    if hf_name.endswith("self_attn.q_proj.weight"):
+    if ".self_attn.q_proj." in hf_name:
       return unpermute_rotary_rows(w, cfg.num_attention_heads)
-    if hf_name.endswith("self_attn.k_proj.weight"):
+    if ".self_attn.k_proj." in hf_name:
       return unpermute_rotary_rows(w, cfg.num_key_value_heads)
   if cfg.family == "gemma3" and hf_name.endswith("norm.weight"):
     return w - 1
@@ -186,6 +186,10 @@ def config_from_gguf(path: pathlib.Path, reader) -> ModelConfig:
       pad_token_id=_field(reader, "tokenizer.ggml.padding_token_id"))
   if arch == "llama" and "blk.0.attn_q.bias" in tensors:
     d["attention_bias"] = True
+  if arch == "llama" and "blk.0.ffn_up.bias" in tensors:
+    d["mlp_bias"] = True
+  if arch == "llama" and get("attention.sliding_window"):  # Mistral with its window (jaxift export)
+    d.update(model_type="mistral", sliding_window=int(get("attention.sliding_window")))
   if arch == "gemma3":
     d.pop("rope_theta")
     d["rope_parameters"] = {
@@ -200,6 +204,9 @@ def config_from_gguf(path: pathlib.Path, reader) -> ModelConfig:
       d["sliding_window_pattern"] = int(pattern)
     # llama.cpp's scale: 1/sqrt(head_dim), except Gemma 3 27B (62 layers): 1/sqrt(hidden/heads).
     d["query_pre_attn_scalar"] = hidden // heads if n_layers == 62 else head_dim
+    scale = get("attention.scale")  # written by jaxift's export when it differs
+    if scale:
+      d["query_pre_attn_scalar"] = round(float(scale) ** -2, 3)
     d["final_logit_softcapping"] = get("final_logit_softcapping")
   try:
     return ModelConfig.from_hf_dict(d)
@@ -207,27 +214,38 @@ def config_from_gguf(path: pathlib.Path, reader) -> ModelConfig:
     raise ValueError(f"{path}: {e}") from e
 
 
-def check_complete(path: pathlib.Path, reader) -> None:
-  """A truncated file: the tensor data the header promises must lie inside the file."""
-  size = os.path.getsize(path)
-  for t in reader.tensors:
-    end = int(t.data_offset) + int(t.n_bytes)
-    if end > size:
-      raise ValueError(f"{path}: truncated GGUF: tensor {t.name!r} ({t.tensor_type.name}, "
-                       f"{int(t.n_bytes)} bytes) should end at byte {end}, but the file has "
-                       f"{size} bytes")
+class TruncatedGGUF(ValueError):
+  pass
+
+
+class _CheckedReader(gguf.GGUFReader):
+  """`GGUFReader` that first checks the tensor data the header promises lies inside the file."""
+
+  def _build_tensors(self, start_offs: int, fields) -> None:
+    size = len(self.data)
+    for field in fields:
+      _, name_data, _, dims, raw_dtype, offset = field.parts
+      qtype = gguf.GGMLQuantizationType(raw_dtype[0])
+      block, type_size = gguf.GGML_QUANT_SIZES[qtype]
+      n_bytes = int(np.prod(dims)) * type_size // block
+      end = int(start_offs + offset[0]) + n_bytes
+      if end > size:
+        name = bytes(name_data).decode("utf-8", "replace")
+        raise TruncatedGGUF(f"truncated GGUF: tensor {name!r} ({qtype.name}, {n_bytes} bytes) "
+                            f"should end at byte {end}, but the file has {size} bytes")
+    super()._build_tensors(start_offs, fields)
 
 
 def open_reader(path) -> "gguf.GGUFReader":
   path = pathlib.Path(path)
   try:
-    reader = gguf.GGUFReader(str(path))
-  except Exception as e:  # pylint: disable=broad-except  (bad magic, truncated file, ...)
+    return _CheckedReader(str(path))
+  except TruncatedGGUF as e:
+    raise ValueError(f"{path}: {e}") from e
+  except Exception as e:  # pylint: disable=broad-except  (bad magic, cut header, ...)
     size = os.path.getsize(path) if path.exists() else 0
     raise ValueError(f"{path}: not a readable GGUF file ({size} bytes; expected the GGUF magic, "
                      f"a header, metadata and tensor data: {type(e).__name__}: {e})") from e
-  check_complete(path, reader)
-  return reader
 
 
 def open_gguf(path) -> tuple[ModelConfig, GGUFSource]:

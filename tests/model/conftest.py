@@ -32,6 +32,10 @@ FAMILY_CASES = {
                                                  rope_theta=50000.0),
                              sliding_attention=dict(rope_type="default", rope_theta=100.0)),
         pad_token_id=0, bos_token_id=2, eos_token_id=1)),
+    # Gemma 3 as released: the default layer pattern (5 sliding, 1 full), local base 10000.
+    "gemma3_defaults": ("Gemma3TextConfig", dict(
+        _COMMON, num_hidden_layers=6, head_dim=16, sliding_window=4, query_pre_attn_scalar=256,
+        pad_token_id=0, bos_token_id=2, eos_token_id=1)),
     # longrope: positions past original_max_position_embeddings=16 switch to the long factors.
     "phi3_longrope": ("Phi3Config", dict(
         _COMMON, pad_token_id=0, bos_token_id=1, eos_token_id=2, max_position_embeddings=64,
