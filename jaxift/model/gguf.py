@@ -90,10 +90,21 @@ def from_gguf_layout(cfg: ModelConfig, hf_name: str, w: np.ndarray) -> np.ndarra
   return w
 
 
+_CHUNK_ROWS = 8192
+
+
 def dequantized(tensor) -> np.ndarray:
-  """float32 array in HF (row-major, reversed GGML) shape."""
+  """float32 array in HF (row-major, reversed GGML) shape. Large matrices are dequantized in
+  chunks of rows into one output, so the peak is one float32 copy plus a chunk's temporaries."""
   shape = tuple(int(s) for s in reversed(tensor.shape))
-  return np.asarray(dequantize(tensor.data, tensor.tensor_type), dtype=np.float32).reshape(shape)
+  data = tensor.data
+  if len(shape) != 2 or data.ndim != 2 or shape[0] <= _CHUNK_ROWS:
+    return np.asarray(dequantize(data, tensor.tensor_type), dtype=np.float32).reshape(shape)
+  out = np.empty(shape, np.float32)
+  for start in range(0, shape[0], _CHUNK_ROWS):
+    out[start:start + _CHUNK_ROWS] = dequantize(data[start:start + _CHUNK_ROWS],
+                                                tensor.tensor_type)
+  return out
 
 
 class GGUFSource:
