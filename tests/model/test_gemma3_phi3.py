@@ -123,3 +123,24 @@ def test_unsupported_rope_type_names_supported(rope):
   with pytest.raises(ValueError, match="rope type '(yarn|dynamic)' is not supported") as e:
     ModelConfig.from_hf_dict(d)
   assert all(t in str(e.value) for t in SUPPORTED_ROPE_TYPES)
+
+
+def test_gemma3_multimodal_checkpoint_loads_its_text_model(tiny_checkpoint, tmp_path):
+  """A `gemma3` (image-text) directory: config under text_config, tensors under
+  model.language_model.*; the vision tower is ignored."""
+  import json
+  from safetensors.numpy import load_file, save_file
+  directory, torch_model = tiny_checkpoint("gemma3_text")
+  text = json.loads((directory / "config.json").read_text())
+  (tmp_path / "config.json").write_text(json.dumps(dict(
+      model_type="gemma3", architectures=["Gemma3ForConditionalGeneration"], text_config=text,
+      vision_config=dict(model_type="siglip_vision_model"))))
+  tensors = load_file(directory / "model.safetensors")
+  renamed = {k.replace("model.", "model.language_model.", 1): v for k, v in tensors.items()}
+  renamed["model.vision_tower.dummy.weight"] = np.zeros((2, 2), np.float32)
+  save_file(renamed, tmp_path / "model.safetensors", metadata={"format": "pt"})
+  model, cfg = load_model(tmp_path)
+  assert cfg.model_type == "gemma3_text"
+  ex = random_examples(16, (9,))[0]
+  np.testing.assert_allclose(jax_logits(model, *_row(ex))[0], torch_logits(torch_model, ex),
+                             atol=TOL)
