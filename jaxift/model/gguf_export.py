@@ -37,6 +37,24 @@ _FILE_TYPES = {"f32": gguf.LlamaFileType.ALL_F32, "f16": gguf.LlamaFileType.MOST
                "bf16": gguf.LlamaFileType.MOSTLY_BF16, "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
                "q4_0": gguf.LlamaFileType.MOSTLY_Q4_0, "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1,
                "q5_0": gguf.LlamaFileType.MOSTLY_Q5_0, "q5_1": gguf.LlamaFileType.MOSTLY_Q5_1}
+# Chat templates (Jinja, as `tokenizer.chat_template`) for jaxift's built-in non-chat prompt formats,
+# so llama.cpp's server and Ollama prompt an exported model the way it was trained; pass one as
+# `chat_template=` when training used `data.template = 'alpaca'` or `'phi3'`.
+ALPACA_CHAT_TEMPLATE = (
+    "{%- set system = messages | selectattr('role', 'equalto', 'system') | map(attribute='content')"
+    " | list -%}"
+    "{{- system[0] + '\n\n' if system else 'Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request.\n\n' -}}"
+    "{%- for m in messages if m['role'] == 'user' -%}"
+    "{{- '### Instruction:\n' + m['content'] + '\n\n### Response:\n' -}}"
+    "{%- endfor -%}")
+PHI3_CHAT_TEMPLATE = (
+    "{%- for m in messages -%}"
+    "{{- '<|' + m['role'] + '|>\n' + m['content'] + '<|end|>\n' -}}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{- '<|assistant|>\n' -}}{%- endif -%}")
+CHAT_TEMPLATES = {"alpaca": ALPACA_CHAT_TEMPLATE, "phi3": PHI3_CHAT_TEMPLATE}
+
 # `tokenizer.ggml.pre` for a byte-level BPE tokenizer given as a transformers object, by model_type
 # (pass `tokenizer_pre=` for others; llama.cpp picks its split regex by this name).
 _DEFAULT_PRE = {"llama": "smollm", "qwen2": "qwen2", "qwen3": "qwen2", "mistral": "llama-bpe"}

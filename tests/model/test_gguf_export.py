@@ -144,3 +144,23 @@ def test_truncated_gguf_names_file_and_expectation(tiny_checkpoint, tmp_path):
     load_model(tmp_path / "head.gguf")
   with pytest.raises(ValueError, match="type 'q4_k' is not supported.*f32, f16, bf16, q8_0"):
     export_gguf(model, cfg, tmp_path / "x.gguf", type="q4_k")
+
+
+@pytest.mark.parametrize("name", ["alpaca", "phi3"])
+def test_chat_templates_render_the_training_prompt(name):
+  """The Jinja written for jaxift's non-chat formats renders the prompt training used."""
+  import jinja2
+  from jaxift.data.formats import Conversation, Turn
+  from jaxift.data.templates import render
+  from jaxift.model.gguf_export import CHAT_TEMPLATES
+  for system in ("", "Answer with the result only."):
+    turns = ([Turn("system", system, False)] if system else []) + [
+        Turn("user", "Add 2 and 3.", False), Turn("assistant", "5", True)]
+    conv = Conversation(turns, dict(instruction="Add 2 and 3.", input="", output="5"))
+    pieces = render(name, conv)
+    first_trained = next(i for i, p in enumerate(pieces) if p.trained)
+    prompt = "".join(p.text for p in pieces[:first_trained])
+    messages = [dict(role=t.role, content=t.text) for t in turns[:-1]]
+    rendered = jinja2.Environment().from_string(CHAT_TEMPLATES[name]).render(
+        messages=messages, add_generation_prompt=True)
+    assert rendered == prompt, (rendered, prompt)
