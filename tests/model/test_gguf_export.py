@@ -164,3 +164,23 @@ def test_chat_templates_render_the_training_prompt(name):
     rendered = jinja2.Environment().from_string(CHAT_TEMPLATES[name]).render(
         messages=messages, add_generation_prompt=True)
     assert rendered == prompt, (rendered, prompt)
+
+
+def test_byte_level_bpe_tokenizer_is_written(gpt2_tokenizer, tmp_path):
+  """A transformers tokenizer (GPT-2's) written as tokenizer.ggml: jaxift's torch-free GGUF
+  tokenizer reads it back and encodes text to the same ids."""
+  from jaxift.data.tokenizers import load_tokenizer
+  from jaxift.model.config import default_model_config
+  from jaxift.model.loading import build_model
+  model_config = default_model_config()
+  model_config.hf_config = dict(model_type="qwen2", vocab_size=len(gpt2_tokenizer), hidden_size=32,
+                                intermediate_size=48, num_hidden_layers=1,
+                                num_attention_heads=4, num_key_value_heads=2)
+  model, cfg = build_model(model_config, seed=3)
+  export_gguf(model, cfg, tmp_path / "m.gguf", type="f16", tokenizer=gpt2_tokenizer,
+              tokenizer_pre="gpt2", chat_template="{{ messages[0]['content'] }}")
+  fields = gguf.GGUFReader(str(tmp_path / "m.gguf")).fields
+  assert fields["tokenizer.ggml.model"].contents() == "gpt2"
+  assert fields["tokenizer.chat_template"].contents() == "{{ messages[0]['content'] }}"
+  text = "Hello world, this is jaxift.  It writes GGUF files: 1234 tokens!"
+  assert load_tokenizer(str(tmp_path / "m.gguf"))(text)["input_ids"] == gpt2_tokenizer(text)["input_ids"]
