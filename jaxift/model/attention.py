@@ -82,9 +82,17 @@ def attention_mask(q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, 
 
 def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, *,
               q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
-              sliding_window: int | None = None, impl: str = "xla") -> jax.Array:
-  """Grouped-query attention; returns [B, T, N, H] in the dtype of q. Softmax in float32."""
+              sliding_window=None, impl: str = "xla", softcap: float | None = None) -> jax.Array:
+  """Grouped-query attention; returns [B, T, N, H] in the dtype of q. Softmax in float32.
+
+  `sliding_window` may be a traced scalar (gemma3's per-layer window under `scan_layers`) and
+  `softcap` caps the scores (cap * tanh(s / cap)); both run on the xla kernel only."""
   name = choose(impl, q_BxTxNxH, k_BxSxKxH, q_offset)
+  if name != "xla" and (softcap is not None or not (
+      sliding_window is None or isinstance(sliding_window, int))):
+    kernels.warn_once(f"{name}:softcap-window", f"attention: {name} -> xla: score soft-capping or "
+                      "a per-layer (traced) sliding window")
+    name = "xla"
   if name == "splash":
     return kernels.splash_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH,
                                     segment_ids_BxT=q_segment_ids_BxT,
@@ -98,12 +106,12 @@ def attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, 
                                    sliding_window=sliding_window, xla_fallback=xla_fallback)
   return xla_attention(q_BxTxNxH, k_BxSxKxH, v_BxSxKxH, q_segment_ids_BxT=q_segment_ids_BxT,
                        kv_segment_ids_BxS=kv_segment_ids_BxS, q_offset=q_offset,
-                       sliding_window=sliding_window)
+                       sliding_window=sliding_window, softcap=softcap)
 
 
 def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Array, *,
                   q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
-                  sliding_window: int | None = None) -> jax.Array:
+                  sliding_window=None, softcap: float | None = None) -> jax.Array:
   """The reference kernel: explicit [B, K, G, T, S] scores, any backend, any shape."""
   b, t, n, h = q_BxTxNxH.shape
   k_heads = k_BxSxKxH.shape[2]
@@ -111,6 +119,8 @@ def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Arr
   q_BxTxKxGxH = q_BxTxNxH.reshape(b, t, k_heads, g, h)
   scores_BxKxGxTxS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BxTxKxGxH, k_BxSxKxH,
                                 preferred_element_type=jnp.float32) * (h ** -0.5)
+  if softcap is not None:
+    scores_BxKxGxTxS = jnp.tanh(scores_BxKxGxTxS / softcap) * softcap
   mask_BxTxS = attention_mask(q_segment_ids_BxT, kv_segment_ids_BxS, q_offset, sliding_window)
   mask_Bx1x1xTxS = mask_BxTxS[:, None, None]
   scores_BxKxGxTxS = jnp.where(mask_Bx1x1xTxS, scores_BxKxGxTxS, _MASKED)

@@ -10,11 +10,15 @@ from typing import Any
 import ml_collections
 
 # HF `model_type` -> the decoder family that computes it.
-FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gpt2": "gpt2"}
+# `gemma3` (the multimodal config) is read for its `text_config` only.
+FAMILIES = {"llama": "llama", "mistral": "llama", "qwen2": "llama", "qwen3": "llama", "gpt2": "gpt2",
+            "gemma3_text": "gemma3", "gemma3": "gemma3", "phi3": "phi3"}
 SUPPORTED_MODEL_TYPES = tuple(FAMILIES)
-SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3")
+SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 _ARCHITECTURES = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel"}
+                  "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM", "gpt2": "GPT2LMHeadModel",
+                  "gemma3_text": "Gemma3ForCausalLM", "phi3": "Phi3ForCausalLM"}
+SLIDING, FULL = "sliding_attention", "full_attention"
 
 
 def default_model_config() -> ml_collections.ConfigDict:
@@ -31,6 +35,14 @@ def default_model_config() -> ml_collections.ConfigDict:
   c.remat_policy = "none"  # 'none', 'full', or a jax.checkpoint_policies name ('dots_saveable', ...)
   c.attention = "auto"  # 'auto' | 'xla' | 'cudnn' | 'splash'
   return c
+
+
+def _int_if_whole(value):
+  return int(value) if value is not None and float(value).is_integer() else value
+
+
+def _float_or_none(value) -> float | None:
+  return None if value is None else float(value)
 
 
 def _freeze(value: Any) -> Any:
@@ -67,6 +79,13 @@ class ModelConfig:
   bos_token_id: int | None = None
   eos_token_id: int | tuple | None = None
   pad_token_id: int | None = None
+  # gemma3: per-layer 'sliding_attention' / 'full_attention'; sliding layers use `sliding_window`
+  # and rotary base `rope_local_theta` (default rope), full layers `rope_theta` + `rope_scaling`.
+  layer_types: tuple | None = None
+  rope_local_theta: float | None = None
+  query_pre_attn_scalar: float | None = None  # attention scale = this ** -0.5 (else head_dim)
+  attn_logit_softcapping: float | None = None  # scores -> cap * tanh(scores / cap) (no family yet)
+  final_logit_softcapping: float | None = None  # logits -> cap * tanh(logits / cap)
 
   @property
   def family(self) -> str:
@@ -85,6 +104,14 @@ class ModelConfig:
                        f"{', '.join(SUPPORTED_MODEL_TYPES)}.")
     if model_type == "gpt2":
       return cls._from_gpt2_dict(d)
+    if model_type == "gemma3":  # the multimodal wrapper: its text model only
+      if not isinstance(d.get("text_config"), dict):
+        raise ValueError("model_type 'gemma3' without a text_config; jaxift reads gemma3's text "
+                         "model only (model_type 'gemma3_text')")
+      text = dict(d["text_config"], model_type="gemma3_text")
+      for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        text.setdefault(key, d.get(key))
+      d, model_type = text, "gemma3_text"
     return cls._from_llama_dict(d, model_type)
 
   @classmethod
@@ -95,8 +122,21 @@ class ModelConfig:
       return d[key]
     heads = int(need("num_attention_heads"))
     hidden = int(need("hidden_size"))
+    gemma = model_type == "gemma3_text"
     # Old configs: rope_theta + rope_scaling; transformers>=5: rope_parameters (theta inside).
     rope = dict(d.get("rope_parameters") or d.get("rope_scaling") or {})
+    local_theta = None
+    if gemma:  # rope per layer type: {'full_attention': {...}, 'sliding_attention': {...}}
+      if FULL in rope or SLIDING in rope:
+        local = dict(rope.get(SLIDING) or {})
+        local_theta = float(local.get("rope_theta", d.get("rope_local_base_freq", 10000.0)))
+        if local.get("rope_type", "default") != "default":
+          raise ValueError(f"gemma3 sliding-layer rope type {local['rope_type']!r} is not "
+                           f"supported (supported: default)")
+        rope = dict(rope.get(FULL) or {})
+      else:
+        local_theta = float(d.get("rope_local_base_freq", 10000.0))
+      rope.setdefault("rope_theta", d.get("rope_theta", 1_000_000.0))
     theta = float(rope.pop("rope_theta", d.get("rope_theta", 10000.0)))
     rope_type = rope.get("rope_type", rope.get("type", "default"))
     if rope_type not in SUPPORTED_ROPE_TYPES:
@@ -110,7 +150,27 @@ class ModelConfig:
       raise ValueError(f"{model_type} with use_sliding_window=True is not supported")
     if d.get("pretraining_tp", 1) not in (None, 1):
       raise ValueError("pretraining_tp != 1 is not supported")
+    if rope_type == "longrope":
+      if "original_max_position_embeddings" not in rope:
+        rope["original_max_position_embeddings"] = d.get("original_max_position_embeddings")
+      if not rope.get("original_max_position_embeddings") or "long_factor" not in rope:
+        raise ValueError("rope type 'longrope' needs original_max_position_embeddings, "
+                         "short_factor and long_factor")
+    if model_type == "phi3" and d.get("partial_rotary_factor", 1.0) != 1.0:
+      raise ValueError("phi3 with partial_rotary_factor != 1 (Phi-4-mini) is not supported")
     attention_bias = bool(d.get("attention_bias", False))
+    layer_types = None
+    if gemma:
+      if d.get("use_bidirectional_attention"):
+        raise ValueError("gemma3 with use_bidirectional_attention=True is not supported")
+      n_layers = int(need("num_hidden_layers"))
+      pattern = int(d.get("sliding_window_pattern") or 6)
+      layer_types = tuple(d.get("layer_types") or [
+          SLIDING if (i + 1) % pattern else FULL for i in range(n_layers)])
+      unknown = set(layer_types) - {SLIDING, FULL}
+      if unknown or len(layer_types) != n_layers:
+        raise ValueError(f"gemma3 layer_types must list {n_layers} of {SLIDING!r}/{FULL!r}; "
+                         f"got {sorted(unknown) or len(layer_types)}")
     return cls(
         model_type=model_type, vocab_size=int(need("vocab_size")), hidden_size=hidden,
         intermediate_size=int(need("intermediate_size")),
@@ -118,17 +178,25 @@ class ModelConfig:
         num_key_value_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-        hidden_act=d.get("hidden_act", "silu"), norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        hidden_act=(d.get("hidden_activation") or d.get("hidden_act") or "gelu_pytorch_tanh")
+        if gemma else d.get("hidden_act", "silu"), norm_eps=float(d.get("rms_norm_eps", 1e-6)),
         rope_theta=theta, rope_scaling=None if rope_type == "default" else _freeze(rope),
         attention_bias=True if model_type == "qwen2" else attention_bias,
         attention_out_bias=attention_bias if model_type == "llama" else False,
         mlp_bias=bool(d.get("mlp_bias", False)) if model_type == "llama" else False,
-        qk_norm=model_type == "qwen3",
-        sliding_window=(int(d["sliding_window"]) if model_type == "mistral"
+        qk_norm=model_type in ("qwen3", "gemma3_text"),
+        sliding_window=(int(d["sliding_window"]) if model_type in ("mistral", "gemma3_text")
                         and d.get("sliding_window") else None),
-        tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
+        tie_word_embeddings=bool(d.get("tie_word_embeddings", gemma)),
         bos_token_id=d.get("bos_token_id"), eos_token_id=_freeze(d.get("eos_token_id")),
-        pad_token_id=d.get("pad_token_id"))
+        pad_token_id=d.get("pad_token_id"), layer_types=layer_types,
+        rope_local_theta=local_theta,
+        query_pre_attn_scalar=(float(d.get("query_pre_attn_scalar") or 256) if gemma else None),
+        # Gemma 3 does not soft-cap attention scores (transformers and llama.cpp ignore this
+        # field, a leftover of Gemma 2); only the final logits are capped.
+        attn_logit_softcapping=None,
+        final_logit_softcapping=(_float_or_none(d.get("final_logit_softcapping")) if gemma
+                                 else None))
 
   @classmethod
   def _from_gpt2_dict(cls, d: dict) -> "ModelConfig":
@@ -177,6 +245,21 @@ class ModelConfig:
       d.update(use_sliding_window=False)
     if self.model_type == "qwen3":
       d.update(attention_bias=False)
+    if self.model_type == "phi3":
+      d.update(original_max_position_embeddings=(self.rope_scaling_dict or {}).get(
+          "original_max_position_embeddings", self.max_position_embeddings))
+    if self.model_type == "gemma3_text":
+      full = dict(self.rope_scaling_dict or {"rope_type": "default"}, rope_theta=self.rope_theta)
+      d.pop("rope_theta")
+      d.pop("rope_scaling")
+      d.pop("hidden_act")
+      d.update(hidden_activation=self.hidden_act, sliding_window=self.sliding_window,
+               layer_types=list(self.layer_types),
+               query_pre_attn_scalar=_int_if_whole(self.query_pre_attn_scalar),
+               attn_logit_softcapping=self.attn_logit_softcapping,
+               final_logit_softcapping=self.final_logit_softcapping,
+               rope_parameters={FULL: full, SLIDING: dict(rope_type="default",
+                                                          rope_theta=self.rope_local_theta)})
     return d
 
   @classmethod

@@ -1,24 +1,29 @@
-"""The decoder: Llama-style (llama, mistral, qwen2, qwen3) and GPT-2 blocks in one Flax NNX module.
+"""The decoder: Llama-style (llama, mistral, qwen2, qwen3, phi3), Gemma 3 and GPT-2 blocks in one
+Flax NNX module.
 
 Parameter layout (logical axes in brackets) -- the import/export tables in `hf.py` follow it:
   embed.embedding [vocab, embed]        pos_embedding [None, embed] (gpt2)
   layers.attn_norm / mlp_norm           final_norm            lm_head [embed, vocab] (untied)
   layers.attn.q_kernel [embed, heads, head_dim]   k_kernel, v_kernel [embed, kv_heads, head_dim]
-  layers.attn.o_kernel [heads, head_dim, embed]   q_norm/k_norm [head_dim] (qwen3)
+  layers.attn.o_kernel [heads, head_dim, embed]   q_norm/k_norm [head_dim] (qwen3, gemma3)
+  layers.post_attn_norm / post_mlp_norm (gemma3: norms on each sublayer's output; gemma3's norm
+  scales are offsets from 1, as in its checkpoints)
   layers.mlp.gate_kernel, up_kernel [embed, mlp]  down_kernel [mlp, embed]
 With `scan_layers` the block parameters are stacked with a leading `layers` axis; otherwise
 `layers` is an `nnx.List` of blocks.
 """
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from jaxift.model import attention as attention_lib
 from jaxift.model import layers as L
 from jaxift.model.cache import init_cache as _init_cache
-from jaxift.model.config import ModelConfig
+from jaxift.model.config import SLIDING, ModelConfig
 
 
 def _dtype(d) -> jnp.dtype:
@@ -54,10 +59,11 @@ class Attention(nnx.Module):
     if cfg.attention_out_bias:
       self.o_bias = L.zeros(rngs, (d,), ("embed",), param_dtype)
     if cfg.qk_norm:
+      offset = cfg.family == "gemma3"
       self.q_norm = L.RMSNorm(h, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype,
-                              axis_name="head_dim")
+                              axis_name="head_dim", offset=offset)
       self.k_norm = L.RMSNorm(h, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype,
-                              axis_name="head_dim")
+                              axis_name="head_dim", offset=offset)
 
   def _project(self, x_BxTxD, name: str) -> jax.Array:
     y = jnp.einsum("BTD,DNH->BTNH", x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
@@ -65,12 +71,32 @@ class Attention(nnx.Module):
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+  def _layer_kind(self, rope, layer):
+    """(cos, sin) and sliding window of this layer: per layer type for gemma3 (a Python int
+    `layer` decides statically; a traced one, under scan, selects with `jnp.where`)."""
+    cfg = self.cfg
+    if cfg.layer_types is None:
+      return rope, cfg.sliding_window
+    sliding = np.array([t == SLIDING for t in cfg.layer_types])
+    if isinstance(layer, (int, np.integer)):
+      return ((rope["local"], cfg.sliding_window) if sliding[layer]
+              else (rope["global"], None))
+    is_sliding = jnp.asarray(sliding)[layer]
+    rope = tuple(jnp.where(is_sliding, a, b) for a, b in zip(rope["local"], rope["global"]))
+    no_window = jnp.iinfo(jnp.int32).max
+    return rope, jnp.where(is_sliding, cfg.sliding_window or no_window, no_window)
+
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None, layer=None):
     q_BxTxNxH = self._project(x_BxTxD, "q")
     k_BxTxKxH = self._project(x_BxTxD, "k")
     v_BxTxKxH = self._project(x_BxTxD, "v")
     if self.cfg.qk_norm:
       q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
+    rope, window = self._layer_kind(rope, layer)
+    if self.cfg.query_pre_attn_scalar is not None:  # attention scale != head_dim ** -0.5
+      ratio = (self.cfg.query_pre_attn_scalar / self.cfg.head_dim) ** -0.5
+      if ratio != 1.0:
+        q_BxTxNxH = q_BxTxNxH * jnp.asarray(ratio, q_BxTxNxH.dtype)
     if rope is not None:
       q_BxTxNxH = L.apply_rope(q_BxTxNxH, *rope)
       k_BxTxKxH = L.apply_rope(k_BxTxKxH, *rope)
@@ -87,7 +113,7 @@ class Attention(nnx.Module):
     out_BxTxNxH = attention_lib.attention(
         q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
         kv_segment_ids_BxS=kv_segments, q_offset=offset,
-        sliding_window=self.cfg.sliding_window, impl=self.impl)
+        sliding_window=window, impl=self.impl, softcap=self.cfg.attn_logit_softcapping)
     return self._output(out_BxTxNxH)
 
   def _output(self, out_BxTxNxH) -> jax.Array:
@@ -131,7 +157,8 @@ class Mlp(nnx.Module):
 
 
 class Block(nnx.Module):
-  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x))."""
+  """Pre-norm transformer block: x + attn(norm(x)), then x + mlp(norm(x)).
+  gemma3 also norms each sublayer's output: x + post_attn_norm(attn(norm(x))), same for the mlp."""
 
   def __init__(self, cfg: ModelConfig, *, rngs, dtype, param_dtype, attention_impl):
     self.attn_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
@@ -139,10 +166,20 @@ class Block(nnx.Module):
                           attention_impl=attention_impl)
     self.mlp_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
     self.mlp = Mlp(cfg, rngs=rngs, dtype=dtype, param_dtype=param_dtype)
+    self.post_norms = cfg.family == "gemma3"
+    if self.post_norms:
+      self.post_attn_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
+      self.post_mlp_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
-    x_BxTxD = x_BxTxD + self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv)
-    return x_BxTxD + self.mlp(self.mlp_norm(x_BxTxD))
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None, layer=None):
+    y_BxTxD = self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv, layer)
+    if self.post_norms:
+      y_BxTxD = self.post_attn_norm(y_BxTxD)
+    x_BxTxD = x_BxTxD + y_BxTxD
+    y_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+    if self.post_norms:
+      y_BxTxD = self.post_mlp_norm(y_BxTxD)
+    return x_BxTxD + y_BxTxD
 
 
 class Decoder(nnx.Module):
@@ -189,6 +226,8 @@ class Decoder(nnx.Module):
   # ---- forward -----------------------------------------------------------------------------------
   def _embed(self, inputs_BxT, positions_BxT):
     x_BxTxD = self.embed.embedding[...][inputs_BxT].astype(self.dtype)
+    if self.cfg.family == "gemma3":  # scaled by sqrt(hidden), rounded to the dtype (as HF)
+      x_BxTxD = x_BxTxD * jnp.asarray(self.cfg.hidden_size ** 0.5, jnp.float32).astype(self.dtype)
     if self.cfg.family == "gpt2":
       x_BxTxD = x_BxTxD + self.pos_embedding[...][positions_BxT].astype(self.dtype)
     return x_BxTxD
@@ -201,13 +240,14 @@ class Decoder(nnx.Module):
     def apply_block(graphdef, state, x, kv_arrays, layer):
       block = nnx.merge(graphdef, state)
       if kv_arrays is None:
-        return block(x, rope, segment_ids_BxT, None), None
+        return block(x, rope, segment_ids_BxT, None, layer), None
       kv_l = dict(kv_arrays, layer=layer)
-      x = block(x, rope, segment_ids_BxT, kv_l)
+      x = block(x, rope, segment_ids_BxT, kv_l, layer)
       return x, {k: kv_l[k] for k in kv_arrays}
 
-    if policy is not None:
-      apply_block = jax.checkpoint(apply_block, policy=policy, static_argnums=(0,))
+    if policy is not None:  # unstacked layers keep their index static (gemma3 layer types)
+      apply_block = jax.checkpoint(apply_block, policy=policy,
+                                   static_argnums=(0,) if self.scan_layers else (0, 4))
 
     if self.scan_layers:
       graphdef, state = nnx.split(self.layers)
@@ -231,8 +271,11 @@ class Decoder(nnx.Module):
     positions_BxT = jnp.asarray(positions_BxT, jnp.int32)
     segment_ids_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
     x_BxTxD = self._embed(inputs_BxT, positions_BxT)
-    rope = (None if self.cfg.family == "gpt2"
-            else L.rope_cos_sin(L.rope_inv_freq(self.cfg), positions_BxT))
+    rope = None if self.cfg.family == "gpt2" else L.rope_tables(self.cfg, positions_BxT)
+    if self.cfg.layer_types is not None:  # gemma3: sliding layers' rotary has its own base
+      local = dataclasses.replace(self.cfg, rope_theta=self.cfg.rope_local_theta,
+                                  rope_scaling=None)
+      rope = {"global": rope, "local": L.rope_tables(local, positions_BxT)}
     kv = None
     if cache is not None:
       if cache_index is None:
@@ -253,10 +296,15 @@ class Decoder(nnx.Module):
   def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
     if self.cfg.tie_word_embeddings:
       kernel_VxD = self.embed.embedding[...].astype(self.dtype)
-      return jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(self.dtype), kernel_VxD,
-                        preferred_element_type=jnp.float32)
-    return jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(self.dtype),
-                      self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+      logits = jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(self.dtype), kernel_VxD,
+                          preferred_element_type=jnp.float32)
+    else:
+      logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(self.dtype),
+                          self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+    cap = self.cfg.final_logit_softcapping
+    if cap is not None:
+      logits = jnp.tanh(logits / cap) * cap
+    return logits
 
   def __call__(self, inputs_BxT, positions_BxT, segment_ids_BxT, *, cache: dict | None = None,
                cache_index: Any = None):

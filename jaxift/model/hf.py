@@ -54,6 +54,13 @@ class SafetensorsSource:
     self._handles: dict[pathlib.Path, Any] = {}
     self._stored = {name: name for name in self._file_of}  # canonical name -> name in the file
 
+  def alias_renamed(self, stored_prefix: str, canonical_prefix: str) -> None:
+    """Also answer to `canonical_prefix + rest` for each `stored_prefix + rest` (gemma3's
+    multimodal files keep the text model under `model.language_model.`)."""
+    for name in list(self._stored):
+      if name.startswith(stored_prefix):
+        self._stored.setdefault(canonical_prefix + name[len(stored_prefix):], name)
+
   def alias_prefix(self, prefix: str) -> None:
     """Also answer to `prefix + name` (original GPT-2 files lack the `transformer.` prefix)."""
     for name in list(self._stored):
@@ -105,6 +112,8 @@ def open_hf_dir(directory: pathlib.Path) -> tuple[ModelConfig, SafetensorsSource
   source = SafetensorsSource(directory)
   if cfg.family == "gpt2":
     source.alias_prefix("transformer.")
+  if cfg.family == "gemma3":  # Gemma3ForConditionalGeneration: the text model's tensors only
+    source.alias_renamed("model.language_model.", "model.")
   return cfg, source
 
 
@@ -134,7 +143,8 @@ def hf_tensors(model, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
         else:
           value = _to_host(flat[("layers", i) + rule.path][...])
         parts.append(np.ascontiguousarray(rule.to_hf(value)))
-      yield first.name(i), parts[0] if len(parts) == 1 else np.concatenate(parts, axis=-1)
+      yield first.name(i), (parts[0] if len(parts) == 1
+                            else np.concatenate(parts, axis=first.part_axis))
 
 
 def _group_by_hf_name(rules: list[weights.Rule]) -> dict[str, list[weights.Rule]]:

@@ -31,16 +31,20 @@ def zeros(rngs, shape, axes, dtype) -> nnx.Param:
 
 
 class RMSNorm(nnx.Module):
-  """RMSNorm computed in float32 (Llama/Qwen); returns the compute dtype."""
+  """RMSNorm computed in float32 (Llama/Qwen); returns the compute dtype.
 
-  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype, axis_name="norm"):
-    self.eps = eps
-    self.scale = ones(rngs, (dim,), (axis_name,), param_dtype)
+  `offset=True` (Gemma): the stored scale is an offset from 1, y * (1 + scale), zero-initialised."""
+
+  def __init__(self, dim: int, eps: float, *, rngs: nnx.Rngs, param_dtype, axis_name="norm",
+               offset: bool = False):
+    self.eps, self.offset = eps, offset
+    self.scale = (zeros if offset else ones)(rngs, (dim,), (axis_name,), param_dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return (self.scale[...].astype(jnp.float32) * y).astype(x.dtype)
+    scale = self.scale[...].astype(jnp.float32)
+    return ((1.0 + scale if self.offset else scale) * y).astype(x.dtype)
 
 
 class LayerNorm(nnx.Module):
@@ -62,7 +66,8 @@ class LayerNorm(nnx.Module):
 def make_norm(cfg, dim: int, *, rngs, param_dtype) -> nnx.Module:
   if cfg.family == "gpt2":
     return LayerNorm(dim, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype)
-  return RMSNorm(dim, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype)
+  return RMSNorm(dim, cfg.norm_eps, rngs=rngs, param_dtype=param_dtype,
+                 offset=cfg.family == "gemma3")
 
 
 def activation(name: str) -> Callable[[jax.Array], jax.Array]:
@@ -78,6 +83,38 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
   return table[name]
 
 
+def _longrope(cfg, scaling: dict) -> tuple[np.ndarray, np.ndarray, float]:
+  """(short inv_freq, long inv_freq, cos/sin factor) as transformers' `_compute_longrope_parameters`."""
+  dim = cfg.head_dim
+  original = float(scaling["original_max_position_embeddings"])
+  factor = scaling.get("factor") or cfg.max_position_embeddings / original
+  attention_factor = scaling.get("attention_factor")
+  if attention_factor is None:
+    attention_factor = (1.0 if factor <= 1.0
+                        else math.sqrt(1 + math.log(factor) / math.log(original)))
+  shape = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / dim
+  base = np.float32(cfg.rope_theta) ** shape
+  short, long = (1.0 / (np.asarray(scaling[k], np.float32) * base)
+                 for k in ("short_factor", "long_factor"))
+  return short.astype(np.float32), long.astype(np.float32), float(attention_factor)
+
+
+def rope_tables(cfg, positions_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """cos, sin [B, T, head_dim/2] for `cfg`'s rotary (any supported rope type).
+
+  longrope (Phi-3): the long factors when the largest position + 1 in the call exceeds
+  `original_max_position_embeddings`, else the short ones (transformers' dynamic update), and
+  cos/sin scaled by the attention factor."""
+  scaling = cfg.rope_scaling_dict
+  if scaling and scaling["rope_type"] == "longrope":
+    short, long, attention_factor = _longrope(cfg, scaling)
+    use_long = (jnp.max(positions_BxT) + 1) > int(scaling["original_max_position_embeddings"])
+    inv_freq = jnp.where(use_long, jnp.asarray(long), jnp.asarray(short))
+    cos, sin = rope_cos_sin(inv_freq, positions_BxT)
+    return cos * attention_factor, sin * attention_factor
+  return rope_cos_sin(rope_inv_freq(cfg), positions_BxT)
+
+
 def rope_inv_freq(cfg) -> np.ndarray:
   """Inverse frequencies [head_dim/2] in float32, as transformers computes them (incl. llama3)."""
   dim = cfg.head_dim
@@ -87,7 +124,7 @@ def rope_inv_freq(cfg) -> np.ndarray:
   if not scaling:
     return inv_freq
   rope_type = scaling["rope_type"]
-  factor = float(scaling["factor"])
+  factor = float(scaling.get("factor", 1.0))
   if rope_type == "linear":
     return (inv_freq / factor).astype(np.float32)
   if rope_type == "llama3":

@@ -24,6 +24,8 @@ class Rule:
   to_hf: Callable[[Any], Any]
   per_layer: bool = True
   part: tuple[int, int] | None = None  # (k, n): k-th of n pieces concatenated on the HF last axis
+  part_axis: int = -1  # the HF axis the parts are concatenated on (0: phi3's fused rows)
+  sizes: tuple[int, ...] | None = None  # sizes of the parts on part_axis, when they differ
 
   def name(self, layer: int | None = None) -> str:
     return self.hf_name.format(i=layer)
@@ -74,6 +76,37 @@ def _rules_llama(cfg: ModelConfig) -> list[Rule]:
   if cfg.mlp_bias:
     rules += [Rule(("mlp", f"{m}_bias"), p + f"mlp.{m}_proj.bias", _identity, _identity)
               for m in ("gate", "up", "down")]
+  if cfg.family == "gemma3":
+    rules += [Rule(("mlp_norm", "scale"), p + "pre_feedforward_layernorm.weight", _identity,
+                   _identity),
+              Rule(("post_attn_norm", "scale"), p + "post_attention_layernorm.weight", _identity,
+                   _identity),
+              Rule(("post_mlp_norm", "scale"), p + "post_feedforward_layernorm.weight", _identity,
+                   _identity)]
+    rules = [r for r in rules if r.hf_name != p + "post_attention_layernorm.weight"
+             or r.path == ("post_attn_norm", "scale")]
+  if cfg.family == "phi3":
+    rules = [r for r in rules if r.path[0] not in ("attn", "mlp")
+             or r.path[1] in ("o_kernel", "down_kernel")] + _fused_phi3(cfg, p)
+  return rules
+
+
+def _fused_phi3(cfg: ModelConfig, p: str) -> list[Rule]:
+  """phi3: qkv_proj [(N+2K)*H, D] = q | k | v rows, gate_up_proj [2F, D] = gate | up rows."""
+  d, n, k, h, f = (cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads,
+                   cfg.head_dim, cfg.intermediate_size)
+  sizes = (n * h, k * h, k * h)
+  starts = (0, n * h, n * h + k * h)
+  rules = []
+  for j, (name, heads) in enumerate((("q", n), ("k", k), ("v", k))):
+    rules.append(Rule(
+        ("attn", f"{name}_kernel"), p + "self_attn.qkv_proj.weight",
+        (lambda w, a=starts[j], b=sizes[j], m=heads: w[a:a + b].T.reshape(d, m, h)),
+        (lambda x, m=heads: x.reshape(d, m * h).T), part=(j, 3), part_axis=0, sizes=sizes))
+  for j, name in enumerate(("gate", "up")):
+    rules.append(Rule(("mlp", f"{name}_kernel"), p + "mlp.gate_up_proj.weight",
+                      (lambda w, a=j * f: w[a:a + f].T), _linear, part=(j, 2), part_axis=0,
+                      sizes=(f, f)))
   return rules
 
 
@@ -132,7 +165,7 @@ def split_path(path: tuple, scan_layers: bool) -> tuple[Path, int | None]:
 @functools.lru_cache(maxsize=None)  # one trace per rule and shape, not per layer
 def expected_hf_shape(rule: Rule, our_shape: tuple[int, ...]) -> tuple[int, ...]:
   """The HF tensor shape this parameter implies (parts count the whole fused tensor)."""
-  out = jax.eval_shape(rule.to_hf, jax.ShapeDtypeStruct(our_shape, np.float32)).shape
+  out = list(jax.eval_shape(rule.to_hf, jax.ShapeDtypeStruct(our_shape, np.float32)).shape)
   if rule.part is not None:
-    out = out[:-1] + (out[-1] * rule.part[1],)
+    out[rule.part_axis] = sum(rule.sizes) if rule.sizes else out[rule.part_axis] * rule.part[1]
   return tuple(out)

@@ -136,8 +136,9 @@ def test_gguf_written_like_llama_cpp_matches_transformers(tmp_path):
   np.testing.assert_allclose(jax_logits(model, *_row(ex))[0], torch_logits(torch_model, ex),
                              atol=1e-4)
   # A GGUF of another architecture is refused, naming it and what is supported.
-  _write_llama_gguf(torch_model, tmp_path / "other.gguf", arch="qwen2")
-  with pytest.raises(ValueError, match=r"other.gguf: GGUF architecture 'qwen2' is not supported.*llama"):
+  _write_llama_gguf(torch_model, tmp_path / "other.gguf", arch="bert")
+  with pytest.raises(ValueError, match=r"other.gguf: GGUF architecture 'bert' is not supported"
+                                       r".*llama, qwen2, qwen3, gemma3, phi3"):
     load_model(tmp_path / "other.gguf")
 
 
