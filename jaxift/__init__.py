@@ -18,6 +18,7 @@ _LAZY = {
     "load_checkpoint": ("jaxift.api", "load_checkpoint"),
     "generate": ("jaxift.api", "generate"),
     "plot_metrics": ("jaxift.api", "plot_metrics"),
+    "export_gguf": ("jaxift.model.gguf_export", "export_gguf"),
 }
 
 
