@@ -42,8 +42,8 @@ def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temp
              top_p, *, cache_len: int, greedy: bool):
   model = nnx.merge(graphdef, state)
   cache = model.init_cache(tokens_BxP.shape[0], cache_len)
-  logits_BxPxV, cache = model(tokens_BxP, positions_BxP, segments_BxP, cache=cache,
-                              cache_index=0)
+  logits_BxPxV, cache = model.forward_with_cache(tokens_BxP, positions_BxP, segments_BxP, cache,
+                                                 cache_index=0)
   first_B = sampling.select_next(logits_BxPxV[:, -1].astype(jnp.float32), rng, greedy=greedy,
                                  temperature=temperature, top_k=top_k, top_p=top_p)
   return first_B, cache
@@ -52,7 +52,7 @@ def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temp
 class DecodeState:
   """The decode loop's carry (as the Flax Gemma sampler keeps it): one named field per piece."""
   step: jax.Array  # int32: index of the next token to write into `out_BxN`
-  cache: Any  # the model's KV cache
+  cache: Any  # the model's cache: a KVCache for the Decoder
   token_B: jax.Array  # the token fed at this step
   position_B: jax.Array  # its position in its own sequence
   done_B: jax.Array  # bool: the row has emitted a stop token
@@ -69,9 +69,9 @@ def _decode(graphdef, state, cache, first_B, next_position_B, prompt_len, stop_i
 
   def body(s: DecodeState) -> DecodeState:
     model = nnx.merge(graphdef, state)
-    logits_Bx1xV, cache = model(s.token_B[:, None], s.position_B[:, None],
-                                jnp.ones((batch, 1), jnp.int32), cache=s.cache,
-                                cache_index=prompt_len + s.step - 1)
+    logits_Bx1xV, cache = model.forward_with_cache(s.token_B[:, None], s.position_B[:, None],
+                                                   jnp.ones((batch, 1), jnp.int32), s.cache,
+                                                   cache_index=prompt_len + s.step - 1)
     rng, step_rng = jax.random.split(s.rng)
     next_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), step_rng,
                                   greedy=greedy, temperature=temperature, top_k=top_k,

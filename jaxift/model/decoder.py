@@ -22,7 +22,7 @@ from flax import nnx
 
 from jaxift.model import attention as attention_lib
 from jaxift.model import layers as L
-from jaxift.model.cache import init_cache as _init_cache
+from jaxift.model.cache import KVCache, LayerCache
 from jaxift.model.config import SLIDING, ModelConfig
 
 
@@ -86,7 +86,8 @@ class Attention(nnx.Module):
     no_window = jnp.iinfo(jnp.int32).max
     return rope, jnp.where(is_sliding, cfg.sliding_window or no_window, no_window)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None, layer=None):
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
+               ) -> tuple[jax.Array, LayerCache | None]:
     q_BxTxNxH = self._project(x_BxTxD, "q")
     k_BxTxKxH = self._project(x_BxTxD, "k")
     v_BxTxKxH = self._project(x_BxTxD, "v")
@@ -103,18 +104,14 @@ class Attention(nnx.Module):
     if kv is None:  # training / full forward: keys are this row's tokens
       keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
     else:  # write the new tokens into this layer's cache slots, attend over the whole cache
-      layer, index = kv["layer"], kv["cache_index"]
-      start = (layer, 0, index, 0, 0)
-      kv["k"] = jax.lax.dynamic_update_slice(kv["k"], k_BxTxKxH[None].astype(kv["k"].dtype), start)
-      kv["v"] = jax.lax.dynamic_update_slice(kv["v"], v_BxTxKxH[None].astype(kv["v"].dtype), start)
-      keys = jax.lax.dynamic_index_in_dim(kv["k"], layer, 0, keepdims=False).astype(self.dtype)
-      values = jax.lax.dynamic_index_in_dim(kv["v"], layer, 0, keepdims=False).astype(self.dtype)
-      kv_segments, offset = kv["segment_ids"], index
+      kv = kv.write(k_BxTxKxH, v_BxTxKxH)
+      keys, values = kv.keys_values(self.dtype)
+      kv_segments, offset = kv.segment_ids, kv.index
     out_BxTxNxH = attention_lib.attention(
         q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
         kv_segment_ids_BxS=kv_segments, q_offset=offset,
         sliding_window=window, impl=self.impl, softcap=self.cfg.attn_logit_softcapping)
-    return self._output(out_BxTxNxH)
+    return self._output(out_BxTxNxH), kv
 
   def _output(self, out_BxTxNxH) -> jax.Array:
     """The output projection (a hook: LoRA adds its `o` adapter here)."""
@@ -171,19 +168,20 @@ class Block(nnx.Module):
       self.post_attn_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
       self.post_mlp_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None, layer=None):
-    y_BxTxD = self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv, layer)
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
+               ) -> tuple[jax.Array, LayerCache | None]:
+    y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv, layer)
     if self.post_norms:
       y_BxTxD = self.post_attn_norm(y_BxTxD)
     x_BxTxD = x_BxTxD + y_BxTxD
     y_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
     if self.post_norms:
       y_BxTxD = self.post_mlp_norm(y_BxTxD)
-    return x_BxTxD + y_BxTxD
+    return x_BxTxD + y_BxTxD, kv
 
 
 class Decoder(nnx.Module):
-  """Decoder-only LM. `__call__` -> float32 logits; with `cache=` -> (logits, new_cache)."""
+  """Decoder-only LM: `__call__` -> float32 logits; `forward_with_cache` -> (logits, KVCache)."""
 
   def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs, dtype="float32", param_dtype="float32",
                scan_layers: bool = False, remat_policy: str = "none",
@@ -220,8 +218,8 @@ class Decoder(nnx.Module):
         self.lm_head = L.param(rngs, (cfg.hidden_size, cfg.vocab_size), ("embed", "vocab"), pd)
 
   # ---- KV cache ----------------------------------------------------------------------------------
-  def init_cache(self, batch: int, max_len: int) -> dict[str, jax.Array]:
-    return _init_cache(self.cfg, batch, max_len, self.dtype)
+  def init_cache(self, batch: int, max_len: int) -> KVCache:
+    return KVCache.empty(self.cfg, batch, max_len, self.dtype)
 
   # ---- forward -----------------------------------------------------------------------------------
   def _embed(self, inputs_BxT, positions_BxT):
@@ -232,18 +230,13 @@ class Decoder(nnx.Module):
       x_BxTxD = x_BxTxD + self.pos_embedding[...][positions_BxT].astype(self.dtype)
     return x_BxTxD
 
-  def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: dict | None):
+  def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None):
     policy = remat_policy_fn(self.remat_policy)
-    no_cache = kv is None
-    kv = None if no_cache else {k: kv[k] for k in ("k", "v", "segment_ids", "cache_index")}
 
-    def apply_block(graphdef, state, x, kv_arrays, layer):
+    def apply_block(graphdef, state, x, kv, layer):
       block = nnx.merge(graphdef, state)
-      if kv_arrays is None:
-        return block(x, rope, segment_ids_BxT, None, layer), None
-      kv_l = dict(kv_arrays, layer=layer)
-      x = block(x, rope, segment_ids_BxT, kv_l, layer)
-      return x, {k: kv_l[k] for k in kv_arrays}
+      return block(x, rope, segment_ids_BxT, None if kv is None else kv.replace(layer=layer),
+                   layer)
 
     if policy is not None:  # unstacked layers keep their index static (gemma3 layer types)
       apply_block = jax.checkpoint(apply_block, policy=policy,
@@ -253,10 +246,9 @@ class Decoder(nnx.Module):
       graphdef, state = nnx.split(self.layers)
 
       def body(carry, xs):
-        x, kv_arrays = carry
+        x, kv = carry
         layer_state, layer = xs
-        x, kv_arrays = apply_block(graphdef, layer_state, x, kv_arrays, layer)
-        return (x, kv_arrays), None
+        return apply_block(graphdef, layer_state, x, kv, layer), None
 
       layer_ids = jnp.arange(self.cfg.num_hidden_layers)
       (x_BxTxD, kv), _ = jax.lax.scan(body, (x_BxTxD, kv), (state, layer_ids))
@@ -278,15 +270,14 @@ class Decoder(nnx.Module):
       rope = {"global": rope, "local": L.rope_tables(local, positions_BxT)}
     kv = None
     if cache is not None:
-      if cache_index is None:
-        raise ValueError("cache= needs cache_index= (the first slot the new tokens are written to)")
       index = jnp.asarray(cache_index, jnp.int32)
       segments_BxS = jax.lax.dynamic_update_slice(
-          cache["segment_ids"], segment_ids_BxT.astype(cache["segment_ids"].dtype), (0, index))
-      kv = dict(k=cache["k"], v=cache["v"], segment_ids=segments_BxS, cache_index=index)
+          cache.segment_ids, segment_ids_BxT.astype(cache.segment_ids.dtype), (0, index))
+      kv = LayerCache(k=cache.k, v=cache.v, segment_ids=segments_BxS, index=index,
+                      layer=jnp.int32(0))
     x_BxTxD, kv = self._run_layers(x_BxTxD, rope, segment_ids_BxT, kv)
     hidden_BxTxD = self.final_norm(x_BxTxD)
-    new_cache = None if kv is None else dict(k=kv["k"], v=kv["v"], segment_ids=kv["segment_ids"])
+    new_cache = None if kv is None else KVCache(k=kv.k, v=kv.v, segment_ids=kv.segment_ids)
     return hidden_BxTxD, new_cache
 
   def hidden(self, inputs_BxT, positions_BxT, segment_ids_BxT) -> jax.Array:
@@ -306,11 +297,16 @@ class Decoder(nnx.Module):
       logits = jnp.tanh(logits / cap) * cap
     return logits
 
-  def __call__(self, inputs_BxT, positions_BxT, segment_ids_BxT, *, cache: dict | None = None,
-               cache_index: Any = None):
+  def __call__(self, inputs_BxT, positions_BxT, segment_ids_BxT) -> jax.Array:
+    """Float32 logits [B, T, V] of a batch-contract row set (training, scoring)."""
+    hidden_BxTxD, _ = self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, None, None)
+    return self.logits_from_hidden(hidden_BxTxD)
+
+  def forward_with_cache(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache: KVCache,
+                         cache_index: Any) -> tuple[jax.Array, KVCache]:
+    """(logits [B, T, V], the cache with the new tokens written at slots `cache_index ..
+    cache_index+T-1`): prefill and each decode step of generation. A query attends to the slots up
+    to its own with an equal, non-zero segment id."""
     hidden_BxTxD, new_cache = self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, cache,
                                            cache_index)
-    logits_BxTxV = self.logits_from_hidden(hidden_BxTxD)
-    if cache is None:
-      return logits_BxTxV
-    return logits_BxTxV, new_cache
+    return self.logits_from_hidden(hidden_BxTxD), new_cache

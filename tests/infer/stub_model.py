@@ -19,8 +19,7 @@ class CountingModel(nnx.Module):
     return {"tokens": jnp.zeros((batch, max_len), jnp.int32),
             "segments": jnp.zeros((batch, max_len), jnp.int32)}
 
-  def __call__(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache=None, cache_index=0):
-    assert cache is not None, "the stub only implements cached calls"
+  def forward_with_cache(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index):
     tokens_BxL = jax.lax.dynamic_update_slice(cache["tokens"], inputs_BxT, (0, cache_index))
     segments_BxL = jax.lax.dynamic_update_slice(cache["segments"], segment_ids_BxT,
                                                 (0, cache_index))

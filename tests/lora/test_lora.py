@@ -153,8 +153,8 @@ def test_cached_decoding_equals_full_forward(base_checkpoint):
 
   @jax.jit
   def decode(state, cache, tokens, positions, index):
-    return nnx.merge(graphdef, state)(tokens, positions, jnp.ones_like(tokens), cache=cache,
-                                      cache_index=index)
+    return nnx.merge(graphdef, state).forward_with_cache(tokens, positions,
+                                                         jnp.ones_like(tokens), cache, index)
 
   tokens = np.asarray(TOKENS, np.int32)
   cache = model.init_cache(tokens.shape[0], tokens.shape[1])

@@ -67,7 +67,7 @@ def test_cached_decoding_equals_full_forward(scan_layers, tiny_checkpoint):
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
     m = nnx.merge(graphdef, state)
-    return m(tok, pos, seg, cache=cache, cache_index=index)
+    return m.forward_with_cache(tok, pos, seg, cache, index)
 
   cache = model.init_cache(2, p + 4)
   logits, cache = step(state, cache, tokens, positions, segments, 0)
@@ -150,7 +150,3 @@ def test_option_errors(tiny_checkpoint):
     Decoder(cfg, rngs=nnx.Rngs(0), attention_impl="flash")
   with pytest.raises(ValueError, match="remat_policy 'sometimes' is unknown"):
     Decoder(cfg, rngs=nnx.Rngs(0), remat_policy="sometimes")
-  with pytest.raises(ValueError, match="cache_index"):
-    m = _tiny(tiny_checkpoint)
-    m(jnp.zeros((1, 2), jnp.int32), jnp.zeros((1, 2), jnp.int32), jnp.ones((1, 2), jnp.int32),
-      cache=m.init_cache(1, 4))

@@ -79,7 +79,7 @@ def test_cached_decoding_matches_transformers(case, scan_layers, tiny_checkpoint
 
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
-    return nnx.merge(graphdef, state)(tok, pos, seg, cache=cache, cache_index=index)
+    return nnx.merge(graphdef, state).forward_with_cache(tok, pos, seg, cache, index)
 
   cache = model.init_cache(2, p + 5)
   logits, cache = step(state, cache, tokens, positions, segments, 0)
