@@ -37,6 +37,19 @@ def write_text(path: PathLike, text: str) -> epath.Path:
   return write_bytes(path, text.encode("utf-8"))
 
 
+def staging_dir(target: PathLike) -> epath.Path:
+  """A new, empty sibling folder of `target` to fill before `replace_dir(staging, target)`.
+
+  Made with a plain mkdir, so it gets the permissions of any new folder (umask), not the private
+  0700 of `tempfile.mkdtemp`: an export is readable by whoever may read its parent.
+  """
+  target = epath.Path(target)
+  target.parent.mkdir(parents=True, exist_ok=True)
+  staging = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+  staging.mkdir()
+  return staging
+
+
 def replace_dir(staging: PathLike, target: PathLike) -> epath.Path:
   """Moves a fully written folder `staging` to `target`, replacing an old one.
 

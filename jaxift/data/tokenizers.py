@@ -5,12 +5,12 @@ import json
 import os
 import pathlib
 import shutil
-import tempfile
 
 from absl import logging
 from etils import epath
 import transformers
 
+from jaxift import fileio
 from jaxift.data import gguf_tokenizer
 
 GPT2_SPECIAL = '<|endoftext|>'
@@ -40,8 +40,7 @@ def _load_gguf(path: pathlib.Path) -> transformers.PreTrainedTokenizerBase:
     logging.warning('%s; loading it through transformers instead (needs torch)', e)
     tok = transformers.AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
   try:  # write beside, then rename: a concurrent reader never sees a half-written cache
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(dir=cached.parent, prefix='.tmp-'))
+    tmp = pathlib.Path(fileio.staging_dir(cached))
     tok.save_pretrained(str(tmp))
     try:
       os.rename(tmp, cached)

@@ -6,7 +6,6 @@ import os
 import pathlib
 import re
 import shutil
-import tempfile
 from typing import Any, Iterator
 
 import jax
@@ -18,6 +17,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from jaxift import fileio
 from jaxift.model import weights
 from jaxift.model.config import ModelConfig
 
@@ -164,8 +164,7 @@ def export_hf(model, cfg: ModelConfig, out_dir, *, tokenizer=None,
   writer = jax.process_index() == 0
   tmp = None
   if writer:
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    tmp = pathlib.Path(fileio.staging_dir(out_dir))
   try:
     shards: list[dict[str, np.ndarray]] = [{}]
     sizes = [0]
@@ -185,7 +184,7 @@ def export_hf(model, cfg: ModelConfig, out_dir, *, tokenizer=None,
       sizes[-1] += value.nbytes
     if writer:
       _finish_files(tmp, shards, sum(sizes), cfg, tokenizer, str(out_dtype))
-      _replace_dir(tmp, out_dir)
+      fileio.replace_dir(tmp, out_dir)
       tmp = None
   finally:
     if tmp is not None and tmp.exists():
@@ -219,12 +218,3 @@ def _finish_files(tmp: pathlib.Path, shards, total_size: int, cfg: ModelConfig, 
     tokenizer.save_pretrained(str(tmp))
 
 
-def _replace_dir(tmp: pathlib.Path, out_dir: pathlib.Path):
-  """Moves the finished temp dir to out_dir; an existing out_dir is replaced only at the end."""
-  old = None
-  if out_dir.exists():
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    os.replace(out_dir, old)
-  os.replace(tmp, out_dir)
-  if old is not None:
-    shutil.rmtree(old, ignore_errors=True)

@@ -14,13 +14,13 @@ import json
 import pathlib
 import re
 import shutil
-import tempfile
 
 import jax
 import numpy as np
 import ml_collections
 from safetensors.numpy import load_file, save_file
 
+from jaxift import fileio
 from jaxift.model import hf
 from jaxift.model import lora
 from jaxift.model.config import ModelConfig
@@ -101,15 +101,14 @@ def export_peft(model, cfg: ModelConfig, out_dir, *, base_model_name_or_path: st
   out_dir = pathlib.Path(out_dir)
   if jax.process_index() != 0:
     return out_dir
-  out_dir.parent.mkdir(parents=True, exist_ok=True)
-  tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+  tmp = pathlib.Path(fileio.staging_dir(out_dir))
   try:
     save_file(tensors, str(tmp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     with open(tmp / ADAPTER_CONFIG, "w") as f:
       json.dump(config, f, indent=2)
     if tokenizer is not None:
       tokenizer.save_pretrained(str(tmp))
-    hf._replace_dir(tmp, out_dir)  # pylint: disable=protected-access
+    fileio.replace_dir(tmp, out_dir)
     tmp = None
   finally:
     if tmp is not None and tmp.exists():

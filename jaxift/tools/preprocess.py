@@ -11,10 +11,8 @@ processes (--num_workers, 0 = one per shard up to the CPU count).
       --tokenizer=../shared/data/gpt2 --max_seq_length=1024 --output_dir=/tmp/ift
 """
 import json
-import os
 import pathlib
 import shutil
-import tempfile
 
 from absl import app
 from absl import flags
@@ -116,10 +114,9 @@ def preprocess(args) -> dict:
   out = pathlib.Path(args.output_dir)
   if out.exists() and any(out.iterdir()) and not args.overwrite:
     raise SystemExit(f'--output_dir {out} exists and is not empty (use --overwrite)')
-  out.parent.mkdir(parents=True, exist_ok=True)
   # Everything is written into a sibling temp folder and renamed at the end: a failed or
   # interrupted run never leaves a half-written output directory.
-  tmp = pathlib.Path(tempfile.mkdtemp(dir=out.parent, prefix=f'.{out.name}.tmp-'))
+  tmp = pathlib.Path(fileio.staging_dir(out))
   try:
     files = _input_files(args)
     tok_path = _tokenizer_path(args, tmp)
@@ -156,14 +153,7 @@ def preprocess(args) -> dict:
     }
     shutil.rmtree(tmp / 'gpt2_tokenizer', ignore_errors=True)
     fileio.write_text(tmp / 'data_params.json', json.dumps(params, indent=2, default=list))
-    tmp.chmod(0o755)  # mkdtemp makes it private
-    if out.exists():
-      old = out.parent / f'.{out.name}.old-{os.getpid()}'
-      out.rename(old)
-      tmp.rename(out)
-      shutil.rmtree(old)
-    else:
-      tmp.rename(out)
+    fileio.replace_dir(tmp, out)
     return params
   except BaseException:
     shutil.rmtree(tmp, ignore_errors=True)
