@@ -5,8 +5,11 @@ A tool whose functions are also called from Python (tests, other tools) defines 
 of the same names elsewhere; `parse_flags` gives such a caller its own parsed set.
 """
 from collections.abc import Callable, Sequence
+from typing import Any
 
+from absl import app
 from absl import flags
+from absl import logging
 
 
 def parse_flags(define: Callable[[flags.FlagValues], None], argv: Sequence[str],
@@ -17,3 +20,15 @@ def parse_flags(define: Callable[[flags.FlagValues], None], argv: Sequence[str],
   define(values)
   values([program, *argv])
   return values
+
+
+def run(main: Callable[[list[str]], Any]) -> None:
+  """`absl.app.run(main)` with INFO logs off unless --verbosity is given: Orbax logs every file it
+  reads or writes at INFO, which would bury a tool's own output."""
+
+  def quiet_main(argv: list[str]) -> Any:
+    if not flags.FLAGS["verbosity"].present:
+      logging.set_verbosity(logging.WARNING)
+    return main(argv)
+
+  app.run(quiet_main)

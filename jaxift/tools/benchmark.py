@@ -31,6 +31,7 @@ import jaxlib
 import numpy as np
 import optax
 
+from jaxift import tools
 from jaxift import fileio
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.model import sharding
@@ -260,4 +261,4 @@ def main(argv) -> dict:
 
 if __name__ == "__main__":
   define_flags()
-  app.run(main)
+  tools.run(main)

@@ -23,6 +23,7 @@ from absl import flags
 import grain
 import transformers
 
+from jaxift import tools
 from jaxift.data import pipeline, scale
 from jaxift.data.config import default_data_config
 from jaxift.data.tokenizers import load_tokenizer
@@ -148,4 +149,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  tools.run(main)

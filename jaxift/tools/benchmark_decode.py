@@ -15,9 +15,10 @@ import statistics
 import sys
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 
+from jaxift import tools
 from jaxift.assets import smollm2_gguf_path
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.infer import sampler
@@ -108,4 +109,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tools.run(main)

@@ -12,8 +12,9 @@ Exit status: 0 ok; 1 the judge became unreachable (everything obtained is saved)
 import os
 import sys
 
-from absl import app, flags, logging
+from absl import flags
 
+from jaxift import tools
 from jaxift.infer import evaluate as evaluate_lib
 from jaxift.infer import judge as judge_lib
 
@@ -49,8 +50,6 @@ _MC_PROMPT = flags.DEFINE_enum("multiple_choice_prompt", "plain", ["plain", "tem
 
 def main(argv):
   del argv
-  if not flags.FLAGS["verbosity"].present:  # Orbax logs every handler at INFO: keep output readable
-    logging.set_verbosity(logging.WARNING)
   client = None
   try:
     if _JUDGE_URL.value:
@@ -74,4 +73,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(lambda argv: sys.exit(main(argv)))
+  tools.run(lambda argv: sys.exit(main(argv)))

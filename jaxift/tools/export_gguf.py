@@ -17,6 +17,7 @@ import pathlib
 from absl import app
 from absl import flags
 
+from jaxift import tools
 from jaxift import workdir as workdir_lib
 from jaxift.data import templates
 from jaxift.data.tokenizers import load_tokenizer
@@ -78,4 +79,4 @@ def main(argv) -> None:
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tools.run(main)

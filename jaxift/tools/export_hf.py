@@ -11,6 +11,7 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxift import tools
 from jaxift import workdir as workdir_lib
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.model.hf import export_hf
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tools.run(main)

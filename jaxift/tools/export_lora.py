@@ -14,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from jaxift import tools
 from jaxift import workdir as workdir_lib
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.model import lora, peft_export
@@ -67,4 +68,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  tools.run(main)

@@ -18,6 +18,7 @@ from absl import flags
 from ml_collections import config_flags
 import numpy as np
 
+from jaxift import tools
 from jaxift import fileio
 from jaxift.data import audit, pipeline
 from jaxift.data.config import default_data_config
@@ -131,4 +132,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  tools.run(main)

@@ -31,6 +31,7 @@ import jax
 import numpy as np
 from ml_collections import config_flags
 
+from jaxift import tools
 from jaxift import fileio
 from jaxift.model import loading
 from jaxift.model import sharding
@@ -151,4 +152,4 @@ def main(argv) -> None:
 if __name__ == "__main__":
   define_flags()
   flags.mark_flags_as_required(["config"])
-  app.run(main)
+  tools.run(main)

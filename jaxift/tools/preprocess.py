@@ -18,6 +18,7 @@ from absl import app
 from absl import flags
 import numpy as np
 
+from jaxift import tools
 from jaxift import fileio
 from jaxift.data import shards, sources
 from jaxift.data.config import default_data_config
@@ -174,4 +175,4 @@ def main(argv) -> None:
 
 if __name__ == '__main__':
   define_flags()
-  app.run(main)
+  tools.run(main)

@@ -17,14 +17,19 @@ from jaxift.workdir.files import CHECKPOINT_DIR
 VALIDATION_METRIC = "validation_loss"
 
 
-class _NoMetricWarningFilter(logging.Filter):
-  """Checkpoints between evaluations have no validation loss by design; Orbax warns on each."""
+# Orbax warnings about things jaxift does on purpose: checkpoints between evaluations carry no
+# validation loss, and a run is opened read-only to load it for inference.
+_EXPECTED_WARNINGS = ("did not provide metrics", "read_only=True, setting save_interval_steps",
+                      "Given directory is read only")
+
+
+class _ExpectedWarningFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
-    return "did not provide metrics" not in record.getMessage()
+    return not any(text in record.getMessage() for text in _EXPECTED_WARNINGS)
 
 
-logging.getLogger("absl").addFilter(_NoMetricWarningFilter())
+logging.getLogger("absl").addFilter(_ExpectedWarningFilter())
 
 
 def _keep_policy(keep: int, keep_best: int):
