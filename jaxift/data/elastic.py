@@ -36,6 +36,7 @@ from jaxift.data.stats import DropStats
 
 INDEX_KEY = '_index'  # per token: global index + 1 of the example it belongs to (0 = padding)
 GLOBAL_KEY = '_global_index'  # per example, between the dealt source and the filter
+POSITION_KEY = '_position'  # per example: its position in this process's share of the stream
 SNAPSHOT_KEY = '_elastic_snapshot'  # per batch: the tracker's state once the batch is emitted
 STATE_VERSION = 1
 _STATE_FILE = re.compile(r'process_(\d+)-of-(\d+)\.json$')
@@ -105,13 +106,15 @@ class _Dealt(grain.MapDataset):
       return self.slice(j)
     g = self._stream.at(self._index + self._count * j)
     ex = dict(self._parent[g])
-    ex[GLOBAL_KEY] = g
+    ex[GLOBAL_KEY], ex[POSITION_KEY] = g, j
     return ex
 
 
 class _Tracker:
   """Counts what the filter pulls and what batches carry out. Runs in the producer thread; the
-  consumer sees its state only through the snapshot attached to each batch."""
+  consumer sees its state only through the snapshot attached to each batch. Elements below the
+  cursor come again when Grain's packer restores its state (it re-reads its open bins from the
+  parent): they pass without being counted or tracked a second time."""
 
   def __init__(self, stats: DropStats, patience: int):
     self._stats = stats
@@ -121,8 +124,15 @@ class _Tracker:
     self.counted: set[int] = set()  # in flight in an earlier run, which counted them as kept
 
   def filter(self, ex: dict[str, Any]) -> bool:
-    g = int(ex.pop(GLOBAL_KEY))
-    self.cursor += 1
+    g, j = int(ex.pop(GLOBAL_KEY)), int(ex.pop(POSITION_KEY))
+    if j < self.cursor:  # a replay after set_state
+      ex.pop(pipeline.NOTES_KEY, None)
+      ex.pop(pipeline.COMPONENT_KEY, None)
+      if pipeline.DROP_KEY in ex:
+        return False
+      ex[INDEX_KEY] = np.full((len(ex['inputs']),), g + 1, np.int64)
+      return True
+    self.cursor = j + 1
     if g in self.counted:  # kept before (tokenizing is deterministic): not counted again
       self.counted.discard(g)
       ex.pop(pipeline.NOTES_KEY, None)

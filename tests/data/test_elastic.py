@@ -189,7 +189,10 @@ def test_same_count_resume_is_bit_exact(files, gpt2_tokenizer):
     for a, b in zip(w, g):
       assert all(np.array_equal(a[k], b[k]) for k in a)
   # ... and the state after them matches too (the tracker moved with the Grain state)
-  assert _save(again) == want_states
+  got_states = _save(again)
+  for a, b in zip(got_states, want_states):
+    assert a["elastic"] == b["elastic"]
+    assert a["grain"] == b["grain"]
 
 
 def test_mixture_order_matches_the_pipeline(files, gpt2_tokenizer):
