@@ -96,7 +96,7 @@ class _Dealt(grain.MapDataset):
 
   def __init__(self, parent: grain.MapDataset, stream: Stream, index: int, count: int):
     super().__init__(parent)
-    self._stream, self._index, self._count = stream, index, count
+    self.stream, self._index, self._count = stream, index, count
 
   def __len__(self) -> int:
     return sys.maxsize // (2 * self._count)
@@ -104,7 +104,7 @@ class _Dealt(grain.MapDataset):
   def __getitem__(self, j):
     if isinstance(j, slice):
       return self.slice(j)
-    g = self._stream.at(self._index + self._count * j)
+    g = self.stream.at(self._index + self._count * j)
     ex = dict(self._parent[g])
     ex[GLOBAL_KEY], ex[POSITION_KEY] = g, j
     return ex
@@ -225,10 +225,11 @@ class ElasticIterator(pipeline.DataIterator):
   position move together; they are part of the state.
   get_state: {'grain': ..., 'elastic': {...}} (see the module docstring)."""
 
-  def __init__(self, parent, tracker: _Tracker, stream: Stream, index: int, count: int,
+  def __init__(self, parent, tracker: _Tracker, dealt: _Dealt, index: int, count: int,
                counts: dict | None = None):
     super().__init__(parent, DropStats())
-    self._tracker, self.stream, self.index, self.count = tracker, stream, index, count
+    self._tracker, self._dealt, self.index, self.count = tracker, dealt, index, count
+    stream = self.stream = dealt.stream
     counts = counts or stats_state(DropStats())
     counted = sorted(stream.counted_share(index, count))
     tracker.restore(0, (), counts, counted)
@@ -262,8 +263,9 @@ class ElasticIterator(pipeline.DataIterator):
     if (el['process_count'], el['process_index']) != (self.count, self.index):
       raise ValueError(f"state of process_{el['process_index']}-of-{el['process_count']} given "
                        f'to process {self.index} of {self.count}')
-    if Stream.from_json(el['stream']) != self.stream:
-      raise ValueError('the saved data state reads another stream than this iterator')
+    # The stream the saved run read (after an earlier resize, not the fresh one): set before the
+    # producer thread or worker processes start, which happens at the first batch.
+    self.stream = self._dealt.stream = Stream.from_json(el['stream'])
     self._parent.set_state(state['grain'])  # stops the producer thread before the tracker moves
     self._tracker.restore(el['cursor'], el['in_flight'], el['counts'], el['counted'])
     load_stats(self.stats, el['counts'])
@@ -272,9 +274,9 @@ class ElasticIterator(pipeline.DataIterator):
 
 class _WithElastic(grain.IterDataset):
 
-  def __init__(self, parent, tracker, stream, index, count, counts):
+  def __init__(self, parent, tracker, dealt, index, count, counts):
     super().__init__(parent)
-    self._args = (tracker, stream, index, count, counts)
+    self._args = (tracker, dealt, index, count, counts)
 
   def __iter__(self) -> ElasticIterator:
     return ElasticIterator(self._parent.__iter__(), *self._args)
@@ -294,7 +296,8 @@ def make_iterator(data_config, tokenizer, *, batch_size: int, shard_index: int, 
   base, n_records = base_dataset(cfg, tokenizer, seed, stats)
   if counts is None:  # a fresh start: the invalid lines the sources counted
     counts = stats_state(stats)
-  ds = _Dealt(base, stream, shard_index, shard_count).to_iter_dataset()
+  dealt = _Dealt(base, stream, shard_index, shard_count)
+  ds = dealt.to_iter_dataset()
   if cfg.num_workers > 0:
     if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
       flags.FLAGS.mark_as_parsed()
@@ -321,7 +324,7 @@ def make_iterator(data_config, tokenizer, *, batch_size: int, shard_index: int, 
   if cfg.prefetch_buffer_size > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(
         ds, prefetch_buffer_size=cfg.prefetch_buffer_size)
-  return iter(_WithElastic(ds, tracker, stream, shard_index, shard_count, counts))
+  return iter(_WithElastic(ds, tracker, dealt, shard_index, shard_count, counts))
 
 
 def resume_stream(states: list[dict]) -> Stream:

@@ -171,6 +171,12 @@ def test_two_resizes_in_a_row_and_state_size(files, gpt2_tokenizer):
   assert all(len(json.dumps(s['elastic'])) < 2000 for s in states)
   its = _iterators(cfg, gpt2_tokenizer, 4, 4, elastic.resume_stream(states))
   _steps(its, 2, ids)
+  saved = _save(its)
+  # A same-count resume after the resize: fresh iterators take the saved stream from the state.
+  its = _iterators(cfg, gpt2_tokenizer, 4, 4)
+  for it, s in zip(its, saved):
+    it.set_state(s)
+  _steps(its, 1, ids)
   its = _iterators(cfg, gpt2_tokenizer, 1, 4, elastic.resume_stream(_save(its)))
   _until_epoch_done(its, ids, total, dropped)
   _check(ids, total, dropped)
