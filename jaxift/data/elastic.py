@@ -9,10 +9,13 @@ earlier run) followed by g = start, start + 1, ... . Process p of P takes stream
 p, p + P, p + 2P, ... ; with an empty list and start 0 that is the mixture path's order of
 `pipeline.make_dataset` (and, for one process, its order without a mixture).
 
-The state of process p: the Grain state (exact same-count resume, bit for bit), plus what no
-process count enters: the stream, `cursor` (positions of p's share pulled by the filter) and
-`in_flight` (global indices pulled and kept but not yet emitted: packing bins, batches in the
-prefetch buffer). Dropped examples are done when the filter counts them.
+The state of process p, as of the last batch it emitted: the Grain state (exact same-count resume,
+bit for bit), plus what no process count enters: the stream, `cursor` (positions of p's share the
+filter had taken), `in_flight` (global indices taken and kept but not yet emitted: partly filled
+packing bins), the counters (kept, dropped by reason, per component) and `counted` (indices in
+flight in an earlier run, already counted). Batches in the prefetch buffer and elements in worker
+buffers are past the snapshot: they are read again. A dropped example is done when the filter
+counts it.
 
 A resume on P' != P reads the P saved states and derives one new stream (`resume_stream`): every
 index in flight anywhere, plus the positions some processes had not reached while another had,
