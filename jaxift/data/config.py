@@ -78,6 +78,11 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.packing_bins = 0  # packing bins; 0 = 4 * batch_size
   c.packing_algorithm = 'first_fit'  # 'first_fit' | 'best_fit' (Grain's packers)
   c.shuffle = True
+  # Training order and data state independent of the process count (jaxift/data/elastic.py): one
+  # global order dealt to processes, so a run saved on P processes resumes on P' != P and trains
+  # every example of the epoch exactly once. False = each process shuffles its own shard (the
+  # order before issue 12); then a resume on another process count restarts the data order.
+  c.elastic = True
   c.num_workers = 0  # Grain worker processes for tokenization (0 = in-process)
   c.worker_buffer_size = 2  # per-worker prefetch buffer (elements)
   c.prefetch_buffer_size = 8  # batches kept ready by a background thread (0 = none)

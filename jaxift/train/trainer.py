@@ -16,6 +16,7 @@ import numpy as np
 
 from jaxift import workdir as workdir_lib
 from jaxift.data import audit
+from jaxift.data import elastic
 from jaxift.data import steps as data_steps
 from jaxift.data.pipeline import make_iterator
 from jaxift.data.tokenizers import load_tokenizer
@@ -49,6 +50,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     lock.release()
 
 
+def _saved_process_count(workdir: epath.Path) -> int | None:
+  """The process count that saved the data state of the run's latest checkpoint (None: none)."""
+  steps = [int(p.name) for p in (workdir / workdir_lib.CHECKPOINT_DIR).glob("*") if p.name.isdigit()]
+  if not steps:
+    return None
+  return elastic.saved_process_count(workdir / workdir_lib.CHECKPOINT_DIR / str(max(steps))
+                                     / "data_iter")
+
+
+def _elastic_resume(config, data_dir: epath.Path, make_train_iter, error: Exception):
+  """The training iterator that goes on from the data states that another process count saved
+  in `data_dir`: the examples they had in flight or not yet reached, then the rest of the global
+  order (jaxift/data/elastic.py). A non-elastic state restarts the data order, with a warning."""
+  if not config.data.get("elastic", False):
+    logging.warning("data iterator state not restorable (%s); restarting the data order "
+                    "(data.elastic=False)", error)
+    return make_train_iter()
+  try:
+    saved_count, states = elastic.read_states(data_dir)
+    stream = elastic.resume_stream(states)
+  except ValueError as e:
+    logging.warning("data iterator state of %s cannot move to %d processes (%s); restarting the "
+                    "data order", data_dir, jax.process_count(), e)
+    return make_train_iter()
+  # The counters of all saved processes go on in process 0 (the one that writes the metrics).
+  counts = (elastic.add_stats([s["elastic"]["counts"] for s in states])
+            if jax.process_index() == 0 else {})
+  logging.info("data order resumed from %d processes on %d: %d examples re-dealt, then the global "
+               "order from index %d", saved_count, jax.process_count(), len(stream.explicit),
+               stream.start)
+  return make_train_iter(stream, counts)
+
+
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) -> dict[str, Any]:
   is_main = jax.process_index() == 0
   if is_main:
@@ -79,8 +113,13 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
 
   global_batch, accum = int(config.train.global_batch_size), int(config.train.grad_accum_steps)
   if global_batch % jax.process_count():
-    raise ValueError(f"train.global_batch_size={global_batch} is not divisible by "
-                     f"{jax.process_count()} processes")
+    saved = _saved_process_count(workdir)
+    raise ValueError(
+        f"train.global_batch_size={global_batch} is not divisible by {jax.process_count()} "
+        "processes" + (f" (the checkpoint to resume was saved by {saved} processes)"
+                       if saved is not None and saved != jax.process_count() else "")
+        + f": set train.global_batch_size to a multiple of {jax.process_count()}, or run on a "
+        f"number of processes that divides {global_batch}")
   if global_batch % accum or (global_batch // accum) % batch_shards:
     raise ValueError(f"train.global_batch_size={global_batch} / grad_accum_steps={accum} must be "
                      f"a multiple of the data*fsdp mesh size {batch_shards}")
@@ -101,7 +140,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
   else:
     raise ValueError("set train.num_steps or train.num_epochs to a positive number")
 
-  def make_train_iter():
+  def make_train_iter(stream=None, counts=None):
+    if config.data.get("elastic", False):  # one global order, a process-count-free state
+      return elastic.make_iterator(config.data, tokenizer, batch_size=per_process,
+                                   shard_index=jax.process_index(),
+                                   shard_count=jax.process_count(), seed=config.train.seed,
+                                   stream=stream, counts=counts)
     return make_iterator(config.data, tokenizer, split="train", batch_size=per_process,
                          shard_index=jax.process_index(), shard_count=jax.process_count(),
                          seed=config.train.seed, num_epochs=None)
@@ -144,12 +188,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     except ValueError as e:
       if "process_" not in str(e):
         raise
-      # The data iterator was saved by a different number of processes: its state cannot be
-      # mapped onto this run's shards. Parameters and optimizer state still resume.
-      logging.warning("data iterator state not restorable (%s); restarting the data order", e)
-      train_iter = make_train_iter()
-      _, restored = checkpointer.restore_latest(abstract_params=state.params,
-                                                abstract_opt_state=state.opt_state)
+      # The data iterator was saved by a different number of processes. Parameters and
+      # optimizer state resume; an elastic data state moves to this process count.
+      saved_step, restored = checkpointer.restore_latest(abstract_params=state.params,
+                                                         abstract_opt_state=state.opt_state)
+      train_iter = _elastic_resume(config, checkpointer.directory / str(saved_step) / "data_iter",
+                                   make_train_iter, e)
     state.params, state.opt_state = restored["params"], restored["opt_state"]
     start_step = int(restored["meta"]["step"])
     early.load_state_dict(restored["meta"].get("early_stopping", {}))

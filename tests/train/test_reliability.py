@@ -156,6 +156,7 @@ def test_an_injected_nan_batch_is_skipped_and_counted(tiny_config, tmp_path, mon
   monkeypatch.setattr(trainer, "make_iterator", with_nan_at_third)
   c = tiny_config(steps=5)
   c.checkpoint.save_data_iterator = False  # the wrapper is not a Grain iterator
+  c.data.elastic = False  # the training iterator comes from pipeline.make_iterator, patched above
   results = train_and_evaluate(c, str(tmp_path))
   assert results["step"] == 5 and math.isfinite(results["train_loss"])
   rows = {r["step"]: r for r in workdir_lib.read_metrics(tmp_path, "train")}
