@@ -154,9 +154,12 @@ def identity_changes(old: dict, new: dict) -> dict[str, list[str]]:
   changes: dict[str, list[str]] = {}
   for part in IDENTITY_PARTS:
     a, b = flatten(old.get(part, {})), flatten(new.get(part, {}))
-    # A key the old identity lacks is an option a newer jaxift added: the old run ran without it.
+    # An option the old identity lacks entirely was added by a newer jaxift: the old run ran
+    # without it. Anything under an option both know (a file added to a list) is compared.
+    known = {k.split(".")[0] for k in a}
     rows = [f"{part}.{k}: {json.dumps(a.get(k))} -> {json.dumps(b.get(k))}"
-            for k in sorted(a) if a.get(k) != b.get(k)]
+            for k in sorted(set(a) | {k for k in b if k.split(".")[0] in known})
+            if a.get(k) != b.get(k)]
     if rows:
       changes[part] = rows
   return changes
