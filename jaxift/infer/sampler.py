@@ -131,6 +131,27 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
     results.append(row[:cut])
   return results
 
+def generate_tokens_sorted(model: nnx.Module, prompts: Sequence[Sequence[int]], *,
+                           batch_size: int, seed: int = 0, **kwargs) -> list[list[int]]:
+  """`generate_tokens` over many prompts, `batch_size` at a time, in the input order.
+
+  Prompts are sorted by length (longest first) before they are cut into batches, so each batch
+  pads to a similar length and rows of similar prompts tend to finish together; every batch has
+  `batch_size` rows (the last is filled with copies) so one compilation serves them all. With
+  sampling, row `i` of the input order draws from `seed + i`'s batch seed, independent of the sort
+  only up to the batch it lands in.
+  """
+  order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+  results: list[list[int]] = [[] for _ in prompts]
+  batch_size = max(1, min(batch_size, len(prompts)))
+  for start in range(0, len(order), batch_size):
+    chunk = [list(prompts[i]) for i in order[start:start + batch_size]]
+    filler = [chunk[-1]] * (batch_size - len(chunk))
+    new_tokens = generate_tokens(model, chunk + filler, seed=seed + start, **kwargs)
+    for i, tokens in zip(order[start:start + batch_size], new_tokens):
+      results[i] = tokens
+  return results
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
   """Token ids of an already templated prompt: the tokenizer's special tokens, never a double BOS."""
   ids = list(tokenizer.encode(text, add_special_tokens=True))
