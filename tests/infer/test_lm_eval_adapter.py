@@ -119,3 +119,20 @@ def test_results_json_is_written(jaxift_run):
   assert saved["results"]["jaxift_mc"]["acc,none"] == results["results"]["jaxift_mc"]["acc,none"]
   table = lm_eval_adapter.metric_table(saved)
   assert math.isfinite(table["jaxift_ppl/word_perplexity"]) and table["jaxift_ppl/word_perplexity"] > 1
+
+
+def test_own_multiple_choice_scorer_equals_the_hf_backend(smollm2_jax, smollm2_tokenizer, hf_run,
+                                                          tmp_path):
+  """jaxift.infer.multiple_choice with the plain prompt scores the same questions as the lm-eval
+  task (same prompt, ' ' + choice): the same log-likelihoods, acc and acc_norm as lm-eval's hf."""
+  from jaxift.infer import multiple_choice
+  path = tmp_path / "mc.jsonl"
+  path.write_text("".join(json.dumps(d) + "\n" for d in lm_eval_tasks.MC_DOCS))
+  ours = multiple_choice.evaluate_multiple_choice(smollm2_jax, smollm2_tokenizer, path,
+                                                  batch_size=4)
+  ref = _by_doc(hf_run, "jaxift_mc")
+  for doc_id, question in enumerate(ours["per_question"]):
+    want = [float(r[0][0]) for r in ref[doc_id]["resps"]]
+    assert question["loglikelihoods"] == pytest.approx(want, abs=1e-4)
+  assert ours["accuracy"] == hf_run["results"]["jaxift_mc"]["acc,none"]
+  assert ours["accuracy_norm"] == hf_run["results"]["jaxift_mc"]["acc_norm,none"]
