@@ -3,6 +3,7 @@ SmolLM2 the same results as lm-eval's own `hf` backend (transformers loading the
 local multiple-choice, generate-until and rolling-log-likelihood tasks."""
 import json
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -136,3 +137,39 @@ def test_own_multiple_choice_scorer_equals_the_hf_backend(smollm2_jax, smollm2_t
     assert question["loglikelihoods"] == pytest.approx(want, abs=1e-4)
   assert ours["accuracy"] == hf_run["results"]["jaxift_mc"]["acc,none"]
   assert ours["accuracy_norm"] == hf_run["results"]["jaxift_mc"]["acc_norm,none"]
+
+
+def test_command_line_on_a_pretrained_gguf(smollm2_gguf, smollm2_jax, smollm2_tokenizer,
+                                           task_folder, jaxift_run, shared_data, tmp_path):
+  """`tools/evaluate.py --model_path=X.gguf`: no run directory; lm-eval results in
+  OUTPUT_DIR/lm_eval/results.json equal to the in-process adapter's, and responses to test
+  records prompted with the tokenizer's chat template."""
+  import subprocess
+  import sys
+  from jaxift.infer import evaluate as ev
+  records = json.loads((shared_data / "instruction-data.json").read_text())[:2]
+  test_file = tmp_path / "test.json"
+  test_file.write_text(json.dumps(records))
+  out = tmp_path / "out"
+  done = subprocess.run(
+      [sys.executable, "-m", "jaxift.tools.evaluate", f"--model_path={smollm2_gguf}",
+       f"--output_dir={out}", "--lm_eval_tasks=jaxift_mc", f"--lm_eval_include_path={task_folder}",
+       "--lm_eval_limit=3", "--lm_eval_max_length=64", f"--test_files={test_file}",
+       "--max_new_tokens=8", "--batch_size=2"],
+      capture_output=True, text=True, timeout=600,
+      cwd=pathlib.Path(__file__).resolve().parents[2])
+  assert done.returncode == 0, done.stderr[-3000:]
+  saved = json.loads((out / "lm_eval" / "results.json").read_text())
+  in_process = _by_doc(jaxift_run[0], "jaxift_mc")
+  expected_acc = sum(in_process[i]["acc"] for i in range(3)) / 3
+  assert saved["results"]["jaxift_mc"]["acc,none"] == pytest.approx(expected_acc)
+  summary = json.loads((out / "summary.json").read_text())
+  assert summary["lm_eval/jaxift_mc/acc"] == pytest.approx(expected_acc)
+  assert summary["num_examples"] == 2 and math.isfinite(summary["test_loss"])
+  config = ev.pretrained_config(smollm2_tokenizer, test_files=str(test_file))
+  assert config.data.template == "tokenizer"
+  expected = ev.generate_responses(smollm2_jax, smollm2_tokenizer, config, records,
+                                   max_new_tokens=8, batch_size=2)
+  rows = ev.read_jsonl(out / "responses.jsonl")
+  assert [r["response"] for r in rows] == [e["response"] for e in expected]
+  assert [r["reference"] for r in rows] == [r["output"] for r in records]
