@@ -39,20 +39,23 @@ class JudgeHandler(http.server.BaseHTTPRequestHandler):
       cls.fail_first -= failing
     try:
       time.sleep(cls.delay_s)
-      if failing or (cls.reject_schema and ("format" in body or "response_format" in body)):
-        self.send_response(400 if not failing else 503)
-        self.end_headers()
-        return
+      refused = failing or (cls.reject_schema and ("format" in body or "response_format" in body))
       with cls.lock:
-        if cls.answer_fn is not None:
+        if refused:
+          answer = None
+        elif cls.answer_fn is not None:
           prompt = body["prompt"] if "prompt" in body else body["messages"][0]["content"]
           answer = cls.answer_fn(prompt, body)
         else:
           answer = cls.answers.pop(0)
-      self._answer(body, answer)
     finally:
-      with cls.lock:
+      with cls.lock:  # before the reply: the client may send its next request as soon as it has it
         cls.in_flight -= 1
+    if refused:
+      self.send_response(503 if failing else 400)
+      self.end_headers()
+      return
+    self._answer(body, answer)
 
   def _answer(self, body, answer):
     if self.path == "/api/chat":
