@@ -45,7 +45,7 @@ dataset_kwargs:
     test: {data}
 test_split: test
 output_type: generate_until
-doc_to_text: "Question: {{{{question}}}}\\nAnswer:"
+doc_to_text: "Question: {{{{question}}}}\\nAnswer: The answer is"
 doc_to_target: " {{{{answer}}}}"
 generation_kwargs:
   until: ["\\n", "Question:"]
