@@ -163,8 +163,15 @@ def add_pairwise_judgements(entries: list[dict], client: judge_lib.JudgeClient,
     entries[i]["pairwise_preference"], entries[i]["pairwise_answers"] = preference, answers
 
   judged = [{**e, "instruction": judge_instruction(e)} for e in entries]
-  result = judge_lib.pairwise_win_rate(client, judged, references, on_result=keep,
-                                       concurrency=concurrency)
+  try:
+    result = judge_lib.pairwise_win_rate(client, judged, references, on_result=keep,
+                                         concurrency=concurrency)
+  except judge_lib.JudgeUnreachableError as e:  # keep what was judged, as add_judge_scores does
+    clear = [x["pairwise_preference"] for x in entries
+             if x.get("pairwise_preference") is not None]
+    return {"pairwise_win_rate": 100.0 * sum(clear) / len(clear) if clear else None,
+            "pairwise_judged": len(clear), "pairwise_judge_model": client.model,
+            "judge_error": str(e)}
   summary = {f"pairwise_{k}" if not k.startswith("pairwise") else k: result[k]
              for k in ("win_rate", "pairwise_judged", "pairwise_unparsed", "wins", "ties",
                        "losses")}

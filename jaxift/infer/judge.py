@@ -268,10 +268,12 @@ def _run_in_order(fn: Callable[[int], tuple], n: int, concurrency: int,
     try:
       for future in futures:
         future.result()
-    except JudgeUnreachableError as e:
-      for future in futures:
+    except Exception as e:  # pylint: disable=broad-except
+      for future in futures:  # nothing new starts; those already running finish (or fail) first
         future.cancel()
-      concurrent.futures.wait(futures)  # those already running finish (or fail) first
+      concurrent.futures.wait(futures)
+      if not isinstance(e, JudgeUnreachableError):
+        raise
       error = JudgeUnreachableError(f"{e} (after {what} {len(results)} of {n} responses)")
       error.done = dict(results)
       raise error from e
