@@ -109,6 +109,12 @@ def test_bad_workdirs_and_steps(tiny_workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 999: .* holds checkpoint "
                      r"steps \[4\]"):
     ev.evaluate(tiny_workdir, step=999, print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="exactly one of a training workdir or a pretrained"):
+    ev.evaluate(print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="exactly one of"):
+    ev.evaluate(tiny_workdir, model_path="model.gguf", print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="a pretrained model_path needs an output_dir"):
+    ev.evaluate(model_path="model.gguf", print_fn=lambda _: None)
 
 
 def test_command_line(tiny_workdir, tmp_path):
