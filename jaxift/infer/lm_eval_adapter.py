@@ -28,6 +28,7 @@ from etils import epath
 from flax import nnx
 import jax
 import jax.numpy as jnp
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from lm_eval import evaluator as lm_evaluator
 from lm_eval import tasks as lm_tasks
 from lm_eval import utils as lm_utils
@@ -61,7 +62,9 @@ class JaxiftLM(TemplateLM):
 
   def __init__(self, model: nnx.Module, tokenizer, *, batch_size: int = 8,
                max_length: int | None = None, max_gen_toks: int = 256, length_bucket: int = 32,
-               add_bos_token: bool | None = None):
+               add_bos_token: bool | None = None, mesh: Mesh | None = None):
+    """`mesh`: the log-likelihood batches are split over its ('data', 'fsdp') axes (the model's
+    parameters keep the shardings they were loaded with); `batch_size` must divide evenly."""
     super().__init__()
     self.model, self.tokenizer = model, tokenizer
     self.batch_size = int(batch_size)
@@ -69,6 +72,14 @@ class JaxiftLM(TemplateLM):
     self.max_gen_toks, self.length_bucket = int(max_gen_toks), int(length_bucket)
     self.add_bos_token = add_bos_token
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    self.batch_sharding = None
+    if mesh is not None:
+      axes = tuple(a for a in ("data", "fsdp") if a in mesh.axis_names)
+      shards = int(np.prod([mesh.shape[a] for a in axes]))
+      if self.batch_size % shards:
+        raise ValueError(f"batch_size {self.batch_size} is not a multiple of the {shards} "
+                         f"batch shards of mesh axes {axes}")
+      self.batch_sharding = NamedSharding(mesh, PartitionSpec(axes, None))
 
   # ------------------------------------------------------------------------ tokenizer (as hf)
   @property
@@ -121,6 +132,9 @@ class JaxiftLM(TemplateLM):
       for b, seq in enumerate(seqs):
         inputs[b, :len(seq) - 1], targets[b, :len(seq) - 1] = seq[:-1], seq[1:]
         segments[b, :len(seq) - 1] = 1
+      if self.batch_sharding is not None:  # each device gets its rows: no replicated batch
+        inputs, targets, segments = jax.device_put((inputs, targets, segments),
+                                                   self.batch_sharding)
       logp_BxT, greedy_BxT = jax.device_get(
           _target_logprobs(graphdef, state, inputs, targets, segments))
       for b, (i, seq) in enumerate(zip(chunk, seqs)):

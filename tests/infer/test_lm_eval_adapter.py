@@ -173,3 +173,51 @@ def test_command_line_on_a_pretrained_gguf(smollm2_gguf, smollm2_jax, smollm2_to
   rows = ev.read_jsonl(out / "responses.jsonl")
   assert [r["response"] for r in rows] == [e["response"] for e in expected]
   assert [r["reference"] for r in rows] == [r["output"] for r in records]
+
+
+MESH_SCRIPT = """
+import jax, numpy as np
+from jaxift.infer import lm_eval_adapter
+from jaxift.model.config import default_model_config
+from jaxift.model.loading import build_model
+from jaxift.model.sharding import make_mesh
+
+class Tok:
+  bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
+
+assert len(jax.devices()) == 8
+mesh = make_mesh((2, 2, 2))  # data, fsdp, tensor
+c = default_model_config()
+c.hf_config = dict(model_type="llama", vocab_size=64, hidden_size=32, intermediate_size=48,
+                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+sharded, _ = build_model(c, mesh=mesh, seed=3)
+plain, _ = build_model(c, seed=3)
+pairs = [([5, 6, 7], [8, 9]), ([1], [2, 3, 4, 5]), ([10, 11, 12, 13, 14], [7]), ([3, 3], [3]),
+         ([20, 21], [22, 23, 24])]
+lm = lm_eval_adapter.JaxiftLM(sharded, Tok(), batch_size=4, length_bucket=8, mesh=mesh)
+assert lm.batch_sharding.spec == jax.sharding.PartitionSpec(("data", "fsdp"), None)
+got = lm.token_loglikelihoods(pairs)
+want = lm_eval_adapter.JaxiftLM(plain, Tok(), batch_size=4, length_bucket=8).token_loglikelihoods(pairs)
+np.testing.assert_allclose([g for g, _ in got], [w for w, _ in want], atol=1e-5)
+assert [g for _, g in got] == [w for _, w in want]
+try:
+  lm_eval_adapter.JaxiftLM(sharded, Tok(), batch_size=6, mesh=mesh)
+  raise AssertionError("batch 6 over 4 shards must be refused")
+except ValueError as e:
+  assert "not a multiple of the 4 batch shards" in str(e)
+print("OK")
+"""
+
+
+def test_loglikelihood_batches_sharded_over_an_8_device_mesh():
+  """On 8 fake CPU devices (a subprocess: XLA_FLAGS must precede JAX), batches split over
+  ('data', 'fsdp') give the single-device log-likelihoods."""
+  import os
+  import subprocess
+  import sys
+  root = pathlib.Path(__file__).resolve().parents[2]
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+             JAX_PLATFORMS="cpu", PYTHONPATH=str(root))
+  done = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True,
+                        text=True, timeout=600, cwd=root)
+  assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
