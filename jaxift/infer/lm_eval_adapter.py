@@ -47,8 +47,9 @@ def _target_logprobs(graphdef, state, inputs_BxT, targets_BxT, segments_BxT):
   positions_BxT = jnp.broadcast_to(jnp.arange(inputs_BxT.shape[1], dtype=jnp.int32),
                                    inputs_BxT.shape)
   logits_BxTxV = model(inputs_BxT, positions_BxT, segments_BxT).astype(jnp.float32)
-  logprobs_BxTxV = jax.nn.log_softmax(logits_BxTxV, axis=-1)
-  target_BxT = jnp.take_along_axis(logprobs_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  # log p(target) = logit(target) - logsumexp(logits): no second [B, T, V] array of log-probs.
+  target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  target_BxT = target_logit_BxT - jax.nn.logsumexp(logits_BxTxV, axis=-1)
   greedy_BxT = jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT
   return target_BxT, greedy_BxT
 
