@@ -45,7 +45,11 @@ setuptools.setup(
             "nbformat>=5.9,<6",
             "ipykernel>=6.29,<8",
             "datasets>=3.0,<6",
+            "lm-eval>=0.4.13,<0.5",
         ],
+        # lm-evaluation-harness tasks through jaxift.infer.lm_eval_adapter (tools/evaluate.py
+        # --lm_eval_tasks); local task YAMLs over local data files need nothing else.
+        "eval": ["lm-eval>=0.4.13,<0.5"],
         "hf": ["datasets>=3.0,<6", "huggingface_hub>=0.26,<2"],
         # gs:// workdirs and data through etils.epath / tensorboardX on Cloud TPU VMs.
         "gcs": ["gcsfs>=2024.2", "google-cloud-storage>=2.14,<4"],

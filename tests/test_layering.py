@@ -26,6 +26,8 @@ LAZY_ALLOWED = {
     ("tools/benchmark_decode.py", "transformers"): "the PyTorch comparison's model",
     ("model/hf.py", "huggingface_hub"): "optional: hub downloads ([hf] extra)",
     ("data/sources.py", "datasets"): "optional: saved HF datasets ([hf] extra)",
+    ("tools/evaluate.py", "jaxift.infer.lm_eval_adapter"):
+        "optional: lm-evaluation-harness ([eval] extra), imported only with --lm_eval_tasks",
     ("infer/metrics.py", "rouge_score"): "measured: nltk takes seconds to import",
     ("model/attention_kernels.py", "jax.experimental.pallas.ops"):
         "backend-specific kernels (Triton / Mosaic), imported only on their backend",

@@ -3,10 +3,14 @@
 Each question's prompt is followed by each choice as a continuation; the model's summed log
 probability of the continuation tokens ranks the choices. Two accuracies:
   accuracy       argmax of the summed log-likelihood;
-  accuracy_norm  argmax of the log-likelihood divided by the choice's UTF-8 byte length
-                 (lm-evaluation-harness' `acc_norm`), which removes the bias towards short choices.
-The continuation is tokenized on its own and appended to the prompt's tokens, so the boundary is
-exact on tokens (docs: masking rule 2).
+  accuracy_norm  argmax of the log-likelihood divided by the choice's length in characters (its
+                 leading delimiter not counted), lm-evaluation-harness' `acc_norm`, which removes
+                 the bias towards short choices.
+The plain prompt splits (context, continuation) as lm-eval does (`lm_eval_split`): trailing spaces
+of the context move to the continuation, the whole text is tokenized and the context's token count
+cut off. The training-template prompt keeps the training boundary instead: the template's prompt
+tokens, then the choice tokenized on its own (docs: masking rule 2). For lm-eval's tasks
+themselves, use `jaxift.infer.lm_eval_adapter` (tools/evaluate.py --lm_eval_tasks).
 
 Question file: JSONL, one object per line with `question` (str), `choices` (list of >= 2 str) and
 `answer`: the 0-based index, a letter ("B"), or the text of the correct choice.
@@ -26,6 +30,18 @@ from jaxift.infer.sampler import encode_prompt
 
 # (context tokens, continuation tokens) pairs -> summed log-likelihood of each continuation.
 LoglikelihoodFn = Callable[[Sequence[tuple[list[int], list[int]]]], list[float]]
+# (question, choice text) -> (context tokens, continuation tokens).
+PairTokensFn = Callable[[dict, str], tuple[list[int], list[int]]]
+
+
+def lm_eval_split(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
+  """lm-evaluation-harness' causal `_encode_pair`: (context tokens, continuation tokens)."""
+  n_spaces = len(context) - len(context.rstrip())
+  if n_spaces:
+    context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+  whole = encode_prompt(tokenizer, context + continuation)
+  context_tokens = encode_prompt(tokenizer, context)
+  return context_tokens, whole[len(context_tokens):]
 
 
 def _answer_index(answer, choices: list[str], where: str) -> int:
@@ -84,19 +100,12 @@ def plain_prompt(question: dict) -> str:
   return f"Question: {question['question']}\nAnswer:"
 
 
-def score_questions(questions: Sequence[dict], prompt_tokens_fn: Callable[[dict], list[int]],
-                    continuation_tokens_fn: Callable[[str], list[int]],
+def score_questions(questions: Sequence[dict], pair_tokens_fn: PairTokensFn,
                     loglikelihood_fn: LoglikelihoodFn) -> dict:
-  """Accuracies and per-question log-likelihoods.
-
-  `prompt_tokens_fn(question) -> tokens`; `continuation_tokens_fn(choice_text) -> tokens`.
-  """
-  pairs, owners = [], []
-  for q_index, question in enumerate(questions):
-    context = prompt_tokens_fn(question)
-    for choice in question["choices"]:
-      pairs.append((context, continuation_tokens_fn(choice)))
-      owners.append(q_index)
+  """Accuracies and per-question log-likelihoods; `pair_tokens_fn(question, choice)` gives the
+  (context, continuation) tokens of each choice."""
+  pairs = [pair_tokens_fn(question, choice) for question in questions
+           for choice in question["choices"]]
   loglikelihoods = loglikelihood_fn(pairs)
   per_question, correct, correct_norm = [], 0, 0
   cursor = 0
@@ -104,7 +113,7 @@ def score_questions(questions: Sequence[dict], prompt_tokens_fn: Callable[[dict]
     n = len(question["choices"])
     lls = [float(x) for x in loglikelihoods[cursor:cursor + n]]
     cursor += n
-    normed = [ll / max(len(c.encode("utf-8")), 1) for ll, c in zip(lls, question["choices"])]
+    normed = [ll / max(len(c), 1) for ll, c in zip(lls, question["choices"])]
     pred, pred_norm = int(np.argmax(lls)), int(np.argmax(normed))
     correct += pred == question["answer"]
     correct_norm += pred_norm == question["answer"]
@@ -164,13 +173,16 @@ def model_loglikelihood_fn(model: nnx.Module, *, batch_size: int = 8, length_buc
 def evaluate_multiple_choice(model: nnx.Module, tokenizer, questions_path: str | pathlib.Path, *,
                              prompt_tokens_fn: Callable[[dict], list[int]] | None = None,
                              choice_prefix: str = " ", batch_size: int = 8) -> dict:
-  """Accuracy of `model` on a question file. Default prompt: 'Question: ...\\nAnswer:' and each
-  choice as `choice_prefix + choice`; pass `prompt_tokens_fn` (and choice_prefix='') to use the
-  training template instead."""
+  """Accuracy of `model` on a question file. Default prompt: 'Question: ...\\nAnswer:' followed by
+  `choice_prefix + choice`, split as lm-eval splits it; with `prompt_tokens_fn` (the training
+  template) the choice is tokenized alone after those tokens."""
   questions = load_questions(questions_path)
-  prompt_tokens_fn = prompt_tokens_fn or (lambda q: encode_prompt(tokenizer, plain_prompt(q)))
+  if prompt_tokens_fn is None:
+    pair_tokens_fn = lambda q, choice: lm_eval_split(tokenizer, plain_prompt(q),
+                                                     choice_prefix + choice)
+  else:
+    pair_tokens_fn = lambda q, choice: (prompt_tokens_fn(q), list(
+        tokenizer.encode(choice_prefix + choice, add_special_tokens=False)))
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  return score_questions(
-      questions, prompt_tokens_fn,
-      lambda choice: list(tokenizer.encode(choice_prefix + choice, add_special_tokens=False)),
-      model_loglikelihood_fn(model, batch_size=batch_size, pad_id=pad_id))
+  return score_questions(questions, pair_tokens_fn,
+                         model_loglikelihood_fn(model, batch_size=batch_size, pad_id=pad_id))

@@ -131,6 +131,26 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
     results.append(row[:cut])
   return results
 
+def generate_tokens_sorted(model: nnx.Module, prompts: Sequence[Sequence[int]], *,
+                           batch_size: int, seed: int = 0, **kwargs) -> list[list[int]]:
+  """`generate_tokens` over many prompts, `batch_size` at a time, in the input order.
+
+  Prompts are sorted by length (longest first) before they are cut into batches, so each batch
+  pads to a similar length and rows of similar prompts tend to finish together; every batch has
+  `batch_size` rows (the last is filled with copies) so one compilation serves them all. With
+  sampling, the batch starting at sorted position `s` draws from `seed + s`.
+  """
+  order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+  results: list[list[int]] = [[] for _ in prompts]
+  batch_size = max(1, min(batch_size, len(prompts)))
+  for start in range(0, len(order), batch_size):
+    chunk = [list(prompts[i]) for i in order[start:start + batch_size]]
+    filler = [chunk[-1]] * (batch_size - len(chunk))
+    new_tokens = generate_tokens(model, chunk + filler, seed=seed + start, **kwargs)
+    for i, tokens in zip(order[start:start + batch_size], new_tokens):
+      results[i] = tokens
+  return results
+
 def encode_prompt(tokenizer, text: str) -> list[int]:
   """Token ids of an already templated prompt: the tokenizer's special tokens, never a double BOS."""
   ids = list(tokenizer.encode(text, add_special_tokens=True))
@@ -157,24 +177,19 @@ def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Seq
   """Responses to `prompts` (token id lists from `tokenize.prompt_tokens`, or templated strings).
 
   Stops on `stop_token_ids` (default: `tokenize.stop_token_ids(tokenizer)`, EOS and the
-  end-of-turn tokens the tokenizer knows) during decoding; `stop_strings` are cut from the decoded text afterwards. `batch_size`
-  splits long prompt lists into batches (None = all at once).
+  end-of-turn tokens the tokenizer knows) during decoding; `stop_strings` are cut from the decoded
+  text afterwards. `batch_size` splits long prompt lists into batches of similar lengths (None = all
+  at once); the results keep the input order.
   """
   token_prompts = [encode_prompt(tokenizer, p) if isinstance(p, str) else list(p)
                    for p in prompts]
   if stop_token_ids is None:
     stop_token_ids = tokenize.stop_token_ids(tokenizer)
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-  batch_size = batch_size or max(len(token_prompts), 1)
-  texts = []
-  for start in range(0, len(token_prompts), batch_size):
-    chunk = token_prompts[start:start + batch_size]
-    # Pad the last chunk with copies so every chunk has the same shape (one compilation).
-    filler = [chunk[0]] * (batch_size - len(chunk)) if start else []
-    new_tokens = generate_tokens(model, chunk + filler, max_new_tokens=max_new_tokens,
-                                 temperature=temperature, top_k=top_k, top_p=top_p,
-                                 stop_token_ids=stop_token_ids, pad_id=pad_id,
-                                 seed=seed + start)[:len(chunk)]
-    texts += [trim_at_stop_strings(tokenizer.decode(t, skip_special_tokens=True), stop_strings)
-              for t in new_tokens]
+  new_tokens = generate_tokens_sorted(
+      model, token_prompts, batch_size=batch_size or max(len(token_prompts), 1), seed=seed,
+      max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+      stop_token_ids=stop_token_ids, pad_id=pad_id)
+  texts = [trim_at_stop_strings(tokenizer.decode(t, skip_special_tokens=True), stop_strings)
+           for t in new_tokens]
   return texts

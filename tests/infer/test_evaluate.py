@@ -87,10 +87,10 @@ def test_unreachable_judge_keeps_partial_results(tiny_workdir, tmp_path):
     client = judge.JudgeClient(url, "judge", retries=1, backoff_s=0.0)
     original = client.complete
 
-    def down_after_first(prompt):
+    def down_after_first(prompt, *args):
       if handler.requests:
         handler.fail_first = 100
-      return original(prompt)
+      return original(prompt, *args)
 
     client.complete = down_after_first
     with pytest.raises(judge.JudgeUnreachableError, match="partial results kept in"):
@@ -109,6 +109,12 @@ def test_bad_workdirs_and_steps(tiny_workdir, tmp_path):
   with pytest.raises(FileNotFoundError, match=r"no checkpoint at step 999: .* holds checkpoint "
                      r"steps \[4\]"):
     ev.evaluate(tiny_workdir, step=999, print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="exactly one of a training workdir or a pretrained"):
+    ev.evaluate(print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="exactly one of"):
+    ev.evaluate(tiny_workdir, model_path="model.gguf", print_fn=lambda _: None)
+  with pytest.raises(ValueError, match="a pretrained model_path needs an output_dir"):
+    ev.evaluate(model_path="model.gguf", print_fn=lambda _: None)
 
 
 def test_command_line(tiny_workdir, tmp_path):
@@ -138,3 +144,41 @@ def test_results_of_a_gs_output_dir_land_in_the_bucket(tiny_workdir, fake_gcs):
   assert json.loads((written / "summary.json").read_text())["num_examples"] == 2
   assert summary["output_dir"] == "gs://bucket/eval/run1"
   assert len(ev.read_jsonl("gs://bucket/eval/run1/responses.jsonl")) == 2
+
+
+def test_concurrent_judge_and_pairwise_win_rate(tiny_workdir, tmp_path):
+  """Scores through a pool of 4, then the pairwise win rate against the test references (a judge
+  that always picks position A: both orders cancel it to 1/2) and against another run's
+  responses.jsonl (a judge that always prefers that run's text: 0)."""
+  other_run = tmp_path / "other" / "responses.jsonl"
+  with judge_server() as (url, handler):
+    handler.answer_fn = lambda prompt, body: (
+        '{"winner": "A"}' if "## Response A" in prompt else '{"score": 50}')
+    client = judge.JudgeClient(url, "judge", backoff_s=0.0)
+    summary = ev.evaluate(tiny_workdir, step="latest", output_dir=tmp_path / "a", max_examples=3,
+                          max_new_tokens=4, batch_size=3, compute_loss=False, judge=client,
+                          judge_concurrency=4, pairwise_judge=client, print_fn=lambda _: None)
+    rows = ev.read_jsonl(tmp_path / "a" / "responses.jsonl")
+    assert [r["judge_score"] for r in rows] == [50.0] * 3 and summary["judge_score"] == 50.0
+    assert [r["pairwise_preference"] for r in rows] == [0.5] * 3
+    assert all(len(r["pairwise_answers"]) == 2 for r in rows)
+    assert summary["pairwise_win_rate"] == pytest.approx(50.0)
+    assert (summary["pairwise_judged"], summary["pairwise_wins"], summary["pairwise_losses"]) == \
+        (3, 3, 3)
+    # Another run's responses, matched by instruction and input; the judge prefers them.
+    ev.write_jsonl(other_run, [{**r, "response": f"OTHER RUN {i}"} for i, r in
+                               enumerate(reversed(rows))])
+
+    def prefer_other(prompt, body):
+      a = prompt.split("## Response A\n")[1].split("\n\n## Response B")[0]
+      return '{"winner": "A"}' if a.startswith("OTHER RUN") else '{"winner": "B"}'
+
+    handler.answer_fn, handler.requests = prefer_other, []
+    summary = ev.evaluate(tiny_workdir, step="latest", output_dir=tmp_path / "b", max_examples=3,
+                          max_new_tokens=4, batch_size=3, compute_loss=False,
+                          pairwise_judge=client, pairwise_against=str(other_run),
+                          print_fn=lambda _: None)
+  assert summary["pairwise_win_rate"] == 0.0 and summary["pairwise_losses"] == 6
+  prompts = [body["messages"][0]["content"] for _, body in handler.requests]
+  for i, row in enumerate(rows):  # row i was compared with the other run's answer to it
+    assert any(row["instruction"] in p and f"OTHER RUN {2 - i}" in p for p in prompts)

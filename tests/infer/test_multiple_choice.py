@@ -8,23 +8,47 @@ from jaxift.infer import multiple_choice as mc
 from tests.infer.conftest import full_forward_logits
 
 
-def test_scoring_raw_and_length_normalized():
+def test_scoring_raw_and_length_normalized_by_characters():
   questions = [
-      # raw argmax picks "a" (-2 > -6); per byte: "a" -2/1, "bbbbbb" -6/6 = -1 -> picks index 1
+      # raw argmax picks "a" (-2 > -6); per character: "a" -2/1, "bbbbbb" -6/6 = -1 -> picks 1
       {"question": "q1", "choices": ["a", "bbbbbb"], "answer": 1},
       {"question": "q2", "choices": ["yes", "no", "maybe"], "answer": 2},
+      # characters, not UTF-8 bytes: "ééé" -3/3 = -1 < "abcd" -3.2/4 = -0.8 -> picks 1; per byte
+      # it would be -3/6 = -0.5 and pick 0.
+      {"question": "q3", "choices": ["ééé", "abcd"], "answer": 1},
   ]
   table = {("q1", "a"): -2.0, ("q1", "bbbbbb"): -6.0,
-           ("q2", "yes"): -9.0, ("q2", "no"): -8.0, ("q2", "maybe"): -1.0}
+           ("q2", "yes"): -9.0, ("q2", "no"): -8.0, ("q2", "maybe"): -1.0,
+           ("q3", "ééé"): -3.0, ("q3", "abcd"): -3.2}
   # Tokens carry the text so the stub can look the likelihood up: context = question chars.
-  prompt = lambda q: [ord(c) for c in q["question"]]
-  cont = lambda text: [ord(c) for c in text]
+  pair = lambda q, choice: ([ord(c) for c in q["question"]], [ord(c) for c in choice])
   fn = lambda pairs: [table[("".join(map(chr, c)), "".join(map(chr, x)))] for c, x in pairs]
-  result = mc.score_questions(questions, prompt, cont, fn)
-  assert result["accuracy"] == pytest.approx(0.5)  # q1 wrong, q2 right
+  result = mc.score_questions(questions, pair, fn)
+  assert result["accuracy"] == pytest.approx(1 / 3)  # q1 wrong, q2 right, q3 wrong (-3 > -3.2)
   assert result["accuracy_norm"] == pytest.approx(1.0)
-  assert [q["prediction"] for q in result["per_question"]] == [0, 2]
-  assert [q["prediction_norm"] for q in result["per_question"]] == [1, 2]
+  assert [q["prediction"] for q in result["per_question"]] == [0, 2, 0]
+  assert [q["prediction_norm"] for q in result["per_question"]] == [1, 2, 1]
+
+
+def test_lm_eval_split_matches_lm_eval(gpt2_tokenizer):
+  """The plain prompt's boundary is lm-eval's TemplateLM._encode_pair (its own code, run here on a
+  minimal TemplateLM over the same tokenizer)."""
+  from lm_eval.api.model import TemplateLM
+
+  class Reference(TemplateLM):
+    eot_token_id = gpt2_tokenizer.eos_token_id
+    tok_encode = lambda self, s, add_special_tokens=None, **_: gpt2_tokenizer.encode(s)
+    _loglikelihood_tokens = loglikelihood_rolling = generate_until = None
+
+  for context, continuation in [("Question: 2+2?\nAnswer:", " 4"), ("Answer: ", "yes"),
+                                ("The cat sat on the", " mat."), ("x  ", " y"),
+                                ("Name:", "Jean-Luc Picard")]:
+    got = mc.lm_eval_split(gpt2_tokenizer, context, continuation)
+    assert got == Reference()._encode_pair(context, continuation), (context, continuation)
+  # Trailing spaces move to the continuation: 'Answer:' + ' yes', never 'Answer: ' + 'yes'.
+  context_tokens, continuation_tokens = mc.lm_eval_split(gpt2_tokenizer, "Answer: ", "yes")
+  assert context_tokens == gpt2_tokenizer.encode("Answer:")
+  assert continuation_tokens == gpt2_tokenizer.encode(" yes")
 
 
 def test_load_questions_answer_forms_and_errors(tmp_path):
