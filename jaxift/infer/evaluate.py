@@ -96,7 +96,7 @@ def generate_responses(model: nnx.Module, tokenizer, config, records: Sequence[d
   responses = sampler.generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens,
                                temperature=temperature, top_k=top_k, top_p=top_p,
                                stop_token_ids=stop_ids, stop_strings=stop_strings, seed=seed,
-                               batch_size=min(batch_size, max(len(prompts), 1)))
+                               batch_size=min(batch_size, max(len(prompts), 1)), progress=True)
   return [{**entry_fields(r, config, tokenizer, p), "response": resp.strip()}
           for r, p, resp in zip(records, prompts, responses)]
 

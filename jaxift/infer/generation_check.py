@@ -25,7 +25,8 @@ def exact_match_eval(model: Any, tokenizer: Any, config: ml_collections.ConfigDi
   stop_ids = tokenize.stop_token_ids(tokenizer, config.data)
   generations = sampler.generate(
       model, tokenizer, prompts, max_new_tokens=config.eval.max_new_tokens, temperature=0.0,
-      stop_token_ids=stop_ids, batch_size=min(config.eval.generate_batch_size, len(prompts)))
+      stop_token_ids=stop_ids, batch_size=min(config.eval.generate_batch_size, len(prompts)),
+      progress=True)
   strict = [float(g.strip() == ref.strip()) for g, ref in zip(generations, references)]
   normalized = [metrics.exact_match(g, ref) for g, ref in zip(generations, references)]
   examples = [{"prompt": tokenizer.decode(p), "reference": ref, "generation": g, "correct": s}

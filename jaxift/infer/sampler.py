@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, struct
+import tqdm
 
 from jaxift.data import tokenize
 from jaxift.infer import sampling
@@ -132,18 +133,22 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   return results
 
 def generate_tokens_sorted(model: nnx.Module, prompts: Sequence[Sequence[int]], *,
-                           batch_size: int, seed: int = 0, **kwargs) -> list[list[int]]:
+                           batch_size: int, seed: int = 0, progress: bool = False,
+                           **kwargs) -> list[list[int]]:
   """`generate_tokens` over many prompts, `batch_size` at a time, in the input order.
 
   Prompts are sorted by length (longest first) before they are cut into batches, so each batch
   pads to a similar length and rows of similar prompts tend to finish together; every batch has
   `batch_size` rows (the last is filled with copies) so one compilation serves them all. With
-  sampling, the batch starting at sorted position `s` draws from `seed + s`.
+  sampling, the batch starting at sorted position `s` draws from `seed + s`. `progress`: a
+  progress bar over the batches (on a terminal).
   """
   order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
   results: list[list[int]] = [[] for _ in prompts]
   batch_size = max(1, min(batch_size, len(prompts)))
-  for start in range(0, len(order), batch_size):
+  starts = range(0, len(order), batch_size)
+  for start in tqdm.tqdm(starts, desc="generating", unit="batch", leave=False,
+                         disable=not progress or len(starts) < 2):
     chunk = [list(prompts[i]) for i in order[start:start + batch_size]]
     filler = [chunk[-1]] * (batch_size - len(chunk))
     new_tokens = generate_tokens(model, chunk + filler, seed=seed + start, **kwargs)
@@ -173,7 +178,7 @@ def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Seq
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
              stop_token_ids: Sequence[int] | None = None,
              stop_strings: Sequence[str] | None = None, seed: int = 0,
-             batch_size: int | None = None) -> list[str]:
+             batch_size: int | None = None, progress: bool = False) -> list[str]:
   """Responses to `prompts` (token id lists from `tokenize.prompt_tokens`, or templated strings).
 
   Stops on `stop_token_ids` (default: `tokenize.stop_token_ids(tokenizer)`, EOS and the
@@ -188,6 +193,7 @@ def generate(model: nnx.Module, tokenizer, prompts: Sequence[str] | Sequence[Seq
   pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
   new_tokens = generate_tokens_sorted(
       model, token_prompts, batch_size=batch_size or max(len(token_prompts), 1), seed=seed,
+      progress=progress,
       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
       stop_token_ids=stop_token_ids, pad_id=pad_id)
   texts = [trim_at_stop_strings(tokenizer.decode(t, skip_special_tokens=True), stop_strings)
