@@ -99,6 +99,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_batches = 0  # 0 = the whole validation split
   # Generation check on held-out records (exact match), before and after training; 0 = off.
   c.eval.generate_examples = 0
+  # The split the 'preference' evaluator reads (a measurement may point it at 'test').
+  c.eval.preference_split = "validation"
   c.eval.generate_split = "test"
   c.eval.max_new_tokens = 32
   c.eval.generate_batch_size = 16

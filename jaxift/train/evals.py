@@ -172,8 +172,9 @@ class PreferenceMetrics(ValidationLoss):
     return first or last or (self.every > 0 and step % self.every == 0)
 
   def run(self, params: Any) -> dict[str, float] | None:
+    split = str(self.context.config.eval.get("preference_split", "validation"))
     return preference_metrics(self.context.config, self.context.tokenizer, self.context.state,
-                              params, split="validation", rows=self.rows)
+                              params, split=split, rows=self.rows)
 
 
 def preference_metrics(config: ml_collections.ConfigDict, tokenizer: Any, state: TrainState,
