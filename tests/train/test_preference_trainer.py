@@ -94,3 +94,33 @@ def test_full_finetune_dpo_resume_is_exact(tiny_config, pairs_file, tmp_path):
       assert got[step] == pytest.approx(want[step], abs=1e-6), (key, step)
   assert second["validation_loss"] == pytest.approx(
       _records(tmp_path / "straight", "validation")[-1]["loss"], abs=1e-6)
+
+
+EIGHT_DEVICES = """
+import json, sys
+sys.path.insert(0, {root!r})
+from tests.train.conftest import make_tiny_config
+from jaxift.train.trainer import train_and_evaluate
+c = make_tiny_config({gpt2!r}, data={data!r}, steps=2, batch=8)
+c.train.objective, c.preference.beta, c.evals.generation = "dpo", 0.5, ""
+c.train.grad_accum_steps = 2
+c.mesh.shape = (1, 2, 4)
+train_and_evaluate(c, {workdir!r})
+"""
+
+
+def test_eight_fake_devices_equal_one(tiny_config, pairs_file, gpt2_dir, tmp_path):
+  """Full-FT DPO (a frozen reference sharded like the parameters), fsdp=2 x tensor=4, 2 micro-steps
+  of 4 pairs: the losses and metrics of one device with one batch of 8 pairs."""
+  import sys
+  from tests.train.conftest import REPO_ROOT, run
+  one = _config(tiny_config, pairs_file, steps=2, batch=8)
+  train_and_evaluate(one, str(tmp_path / "one"))
+  run([sys.executable, "-c", EIGHT_DEVICES.format(root=str(REPO_ROOT), gpt2=gpt2_dir,
+                                                  data=pairs_file, workdir=str(tmp_path / "eight"))],
+      XLA_FLAGS="--xla_force_host_platform_device_count=8")
+  for key in ("loss", "rewards/margins", "logps/chosen"):
+    want, got = train_records(tmp_path / "one", key), train_records(tmp_path / "eight", key)
+    assert sorted(got) == [1, 2]
+    for step in want:
+      assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-5), (key, step)
