@@ -35,6 +35,7 @@ def main(_):
   c.train.log_every, c.train.eval_every, c.train.save_every = 1, 0, 0
   c.train.progress_bar = c.train.tensorboard = False
   c.data.num_workers = 0
+  c.data.buckets = (64, 96, 128, 256)  # the chapter's pairs are short: less padding
   if FLAGS.lr:
     c.optimizer.lr = FLAGS.lr
   if objective == "sft":  # the chapter file's `output` (= chosen) as SFT, no evaluation
