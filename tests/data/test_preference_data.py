@@ -121,3 +121,14 @@ def test_sft_batches_unchanged_by_the_hook(gpt2_tokenizer, tmp_path):
   cfg.pairs = False
   batch = next(_iterator(cfg, gpt2_tokenizer))
   assert batch["inputs"].shape == (4, 128)
+
+
+@pytest.mark.parametrize("batching", ["bucket", "packing"])
+def test_epoch_plan_counts_pairs(gpt2_tokenizer, tmp_path, batching):
+  from jaxift.data import steps
+  cfg = _cfg(_write(tmp_path, ALPACA_PAIRS), batching=batching)
+  plan = steps.plan_steps(cfg, gpt2_tokenizer, batch_size=4, shard_count=1, num_epochs=1)
+  if batching == "bucket":
+    assert plan.steps == 6  # 24 pairs / 4 pairs per batch
+  else:  # several pairs per row pair: fewer steps than pairs / batch
+    assert 1 <= plan.steps < 6
