@@ -12,7 +12,7 @@ template can break (DESIGN.md section 3). `jaxift/tools/inspect_batch.py --check
 import collections
 import dataclasses
 
-from jaxift.data import formats, pipeline, sources, tokenize
+from jaxift.data import formats, pipeline, preference, sources, tokenize
 from jaxift.data.formats import RecordError
 from jaxift.data.stats import ALWAYS_COUNTED
 
@@ -123,6 +123,22 @@ def check_example(conv: formats.Conversation, tokens: list[int], weights: list[f
   return found
 
 
+def _audit_record(report: 'AuditReport', record, data_config, tokenizer, where: str) -> None:
+  try:
+    conv, tokens, weights = tokenize.encode_record(record, data_config, tokenizer, where)
+  except RecordError as e:
+    report.dropped[e.reason] += 1
+    if e.reason not in ALWAYS_COUNTED and not data_config.skip_invalid:
+      report.add(f'record_error/{e.reason}', where, str(e)[len(where) + 2:])
+    return
+  prompt = tokenize.prompt_tokens(record, data_config, tokenizer, where)
+  report.checked += 1
+  report.longer_than_max += len(tokens) > data_config.max_seq_length + 1
+  report.turns_dropped.update(conv.notes)
+  for kind, detail in check_example(conv, tokens, weights, prompt, tokenizer):
+    report.add(kind, where, detail)
+
+
 def run_audit(data_config, tokenizer, split: str = 'train', limit: int | None = None
               ) -> AuditReport:
   """Checks every record of a split (or the first `limit`), before the over-long policy."""
@@ -133,17 +149,12 @@ def run_audit(data_config, tokenizer, split: str = 'train', limit: int | None = 
     if isinstance(record, dict) and all(k in record for k in pipeline.PRETOKENIZED_KEYS):
       report.dropped['pretokenized_not_audited'] += 1  # jaxift/tools/preprocess.py rows: no text left
       continue
-    try:
-      conv, tokens, weights = tokenize.encode_record(record, data_config, tokenizer, where)
+    try:  # a preference pair (data.pairs) audits its chosen and its rejected sequence
+      sides = preference.split_pair(record, where) if data_config.get('pairs') else (record,)
     except RecordError as e:
       report.dropped[e.reason] += 1
-      if e.reason not in ALWAYS_COUNTED and not data_config.skip_invalid:
-        report.add(f'record_error/{e.reason}', where, str(e)[len(where) + 2:])
+      report.add(f'record_error/{e.reason}', where, str(e)[len(where) + 2:])
       continue
-    prompt = tokenize.prompt_tokens(record, data_config, tokenizer, where)
-    report.checked += 1
-    report.longer_than_max += len(tokens) > data_config.max_seq_length + 1
-    report.turns_dropped.update(conv.notes)
-    for kind, detail in check_example(conv, tokens, weights, prompt, tokenizer):
-      report.add(kind, where, detail)
+    for side in sides:
+      _audit_record(report, side, data_config, tokenizer, where)
   return report

@@ -68,6 +68,10 @@ def default_data_config() -> ml_collections.ConfigDict:
   c.add_bos = placeholder(bool)  # None = what the tokenizer does by default
   c.max_seq_length = 512  # row length T of inputs/targets (an example has at most T+1 tokens)
   c.overlong = 'drop'  # 'drop' | 'truncate_prompt' | 'truncate'
+  # Preference pairs (jaxift/data/preference.py): each record has `chosen` and `rejected`; a batch
+  # of batch_size pairs has 2 * batch_size rows (row 2i chosen, 2i+1 rejected). The trainer sets
+  # it when train.objective is not 'sft'.
+  c.pairs = False
   c.skip_invalid = False  # skip (and count) malformed lines/records instead of failing
   # Records checked (parsed, templated, masks audited) before the model is built, so a bad record
   # or template fails in seconds with its file:line instead of at step N; 0 = off.

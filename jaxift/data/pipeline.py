@@ -11,7 +11,7 @@ import grain
 import ml_collections
 import numpy as np
 
-from jaxift.data import batching, mixture, sources, tokenize
+from jaxift.data import batching, mixture, preference, sources, tokenize
 from jaxift.data.formats import RecordError
 from jaxift.data.stats import ALWAYS_COUNTED, DropStats
 
@@ -43,7 +43,8 @@ class TokenizeRecord(grain.transforms.Map):
         raise record
       if isinstance(record, dict) and all(k in record for k in PRETOKENIZED_KEYS):
         return from_pretokenized(record, self._cfg, where)
-      ex, notes = tokenize.tokenize_record_with_notes(record, self._cfg, self._tokenizer, where)
+      encode = _encoder(self._cfg)
+      ex, notes = encode(record, self._cfg, self._tokenizer, where)
       if notes:
         ex[NOTES_KEY] = notes
       return ex
@@ -51,6 +52,13 @@ class TokenizeRecord(grain.transforms.Map):
       if e.reason in ALWAYS_COUNTED or self._cfg.skip_invalid:
         return {DROP_KEY: e.reason}
       raise
+
+
+def _encoder(cfg):
+  """Preference hook (issue 15): data.pairs tokenizes a record into a chosen/rejected pair."""
+  if cfg.get('pairs', False):
+    return preference.tokenize_pair_with_notes
+  return tokenize.tokenize_record_with_notes
 
 
 def from_pretokenized(record: dict, cfg, where: str) -> dict[str, np.ndarray]:
@@ -251,7 +259,10 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
   ds = ds.filter(CountDrops(stats, patience=n_records // shard_count + 1))
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id
   length = cfg.max_seq_length
-  if cfg.batching == 'max_length':
+  pairs = bool(cfg.get('pairs', False))
+  if pairs:  # preference hook (issue 15): batch_size pairs -> 2 * batch_size interleaved rows
+    ds = preference.batch_pairs(ds, cfg, batch_size, pad_id, seed)
+  elif cfg.batching == 'max_length':
     ds = ds.map(lambda ex: batching.pad_example(ex, length, pad_id))
     ds = ds.batch(batch_size)
   elif cfg.batching == 'bucket':
@@ -264,14 +275,15 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
   else:
     raise ValueError(f"data.batching={cfg.batching!r}; expected 'max_length', 'bucket' or "
                      "'packing'")
-  ds = ds.map(lambda b: batching.fill_batch(b, batch_size))
+  if not pairs:
+    ds = ds.map(lambda b: batching.fill_batch(b, batch_size))
   if num_epochs is not None and shard_count > 1 and split != 'train':
     # Evaluation passes: each example fills at most one row, so no shard makes more batches than
     # this bound. (Training counts its steps itself and takes the minimum over processes.)
     rows = -(-n_records // shard_count) * num_epochs
     width = batching.bucket_lengths(cfg)[0] if cfg.batching == 'bucket' else length
     zero = batching.fill_batch({k: np.zeros((0, width), batching.DTYPES[k])
-                                for k in batching.KEYS}, batch_size)
+                                for k in batching.KEYS}, batch_size * (2 if pairs else 1))
     ds = _FixedCount(ds, -(-rows // batch_size), zero)
   if cfg.prefetch_buffer_size > 0:
     ds = grain.experimental.ThreadPrefetchIterDataset(

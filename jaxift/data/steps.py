@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 
 from jaxift import fileio
-from jaxift.data import batching, mixture, pipeline, sources, tokenize
+from jaxift.data import batching, mixture, pipeline, preference, sources, tokenize
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,14 +77,17 @@ def _sample_packing(cfg, tokenizer, batch_size: int, seed: int, sample_size: int
       ex = fn.map(records[i])
       seen += 1
       if pipeline.DROP_KEY not in ex:
-        examples.append({key: ex[key] for key in ('inputs', 'targets', 'weights')})
+        keys = [k for k in ex if k.startswith(preference.SIDES)] if cfg.get('pairs') else (
+            'inputs', 'targets', 'weights')  # a preference pair packs as one element
+        examples.append({key: ex[key] for key in keys})
   if not examples:
     raise ValueError(f'every one of {seen} sampled training records was dropped: check '
                      'data.max_seq_length, data.format and the files')
   order = rng.permutation(len(examples))  # the training stream is shuffled
   ds = grain.MapDataset.source([examples[i] for i in order]).to_iter_dataset()
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id
-  rows = sum(1 for _ in batching.pack(ds, cfg.max_seq_length, cfg.packing_bins or 4 * batch_size,
+  pack = preference.pack_pairs if cfg.get('pairs') else batching.pack
+  rows = sum(1 for _ in pack(ds, cfg.max_seq_length, cfg.packing_bins or 4 * batch_size,
                                       pad_id, seed, cfg.get('packing_algorithm', 'first_fit')))
   return len(examples) / seen, rows / len(examples), seen
 

@@ -14,6 +14,7 @@ from jaxift.data.config import default_data_config
 from jaxift.model import sharding
 from jaxift.model.config import default_model_config
 from jaxift.model.lora import default_lora_config
+from jaxift.model.preference import check_objective, default_preference_config
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -52,6 +53,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.global_batch_size = 8  # rows per optimizer step, all processes together
   c.train.grad_accum_steps = 1  # micro-steps per optimizer step (global_batch_size divisible)
   c.train.seed = 0
+  # 'sft' (next-token cross entropy) | 'dpo' | 'orpo' | 'simpo' (preference pairs: global_batch_size
+  # counts pairs; settings in config.preference; docs/training.md "Preference tuning").
+  c.train.objective = "sft"
   c.train.z_loss = 0.0  # weight of PaLM's z-loss: z_loss * mean(logsumexp(logits)^2)
   # Compute logits and loss over slices of this many tokens (0 = whole rows): saves the
   # [batch, seq, vocab] logits memory for large vocabularies (Llama 3: 128k) at a little recompute.
@@ -74,6 +78,8 @@ def base_config() -> ml_collections.ConfigDict:
   # Peak FLOP/s per device for MFU where jaxift.train.mfu has no entry (0 = look it up / skip).
   c.train.peak_flops_per_device = 0.0
 
+  c.preference = default_preference_config()
+
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.keep = 2  # last N checkpoints
   c.checkpoint.keep_best = 1  # plus the N best by validation loss
@@ -93,10 +99,32 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval.max_batches = 0  # 0 = the whole validation split
   # Generation check on held-out records (exact match), before and after training; 0 = off.
   c.eval.generate_examples = 0
+  # The split the 'preference' evaluator reads (a measurement may point it at 'test').
+  c.eval.preference_split = "validation"
   c.eval.generate_split = "test"
   c.eval.max_new_tokens = 32
   c.eval.generate_batch_size = 16
   c.eval.show_generations = 3
+  return c
+
+
+def apply_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """Makes a config consistent with `train.objective` (called by the trainer before anything
+  reads it): a preference objective reads pairs (`data.pairs`) and validates with the
+  `preference` evaluator, which replaces `validation_loss` (the SFT loss of a pair batch means
+  nothing) and selects the best checkpoint by the preference loss."""
+  objective = check_objective(str(c.train.get("objective", "sft")))
+  if objective == "sft":
+    return c
+  with c.unlocked():
+    c.data.pairs = True
+    if "preference" not in c:
+      c.preference = default_preference_config()
+    names = [n for n, t in c.evals.items() if t == "validation_loss"]
+    for n in names:
+      c.evals[n] = "preference"
+    if not names and "preference" not in c.evals.values():
+      c.evals.preference = "preference"
   return c
 
 

@@ -23,6 +23,7 @@ from jaxift.data import mixture
 from jaxift.data.pipeline import make_iterator
 from jaxift.infer import generation_check
 from jaxift.model import loss as loss_lib
+from jaxift.model import preference as pref_lib
 from jaxift.train import host_batches
 from jaxift.train.state import TrainState
 
@@ -150,3 +151,53 @@ class ExactMatch:
             f"held-out examples (normalized for case and punctuation: "
             f"{metrics['exact_match_normalized']:.3f})\n" + generation_check.format_examples(
                 self.last_examples, config.eval.show_generations))
+
+
+@register("preference")
+class PreferenceMetrics(ValidationLoss):
+  """The preference objective's loss and TRL-named metrics (`rewards/chosen`, `rewards/rejected`,
+  `rewards/margins`, `rewards/accuracies`, `logps/chosen`, `logps/rejected`, and `logps/accuracy`:
+  the share of pairs whose chosen response has the higher policy log-prob) over the validation
+  pairs, at step 0 too (before any update), every `train.eval_every` steps and at the end.
+  `eval.batch_size` counts pairs. Its `loss` selects the best checkpoint."""
+  select_best = True
+
+  def __init__(self, name: str, context: Context):
+    super().__init__(name, context)
+    if context.state.preference_eval_step is None:
+      raise ValueError(f"config.evals.{name}='preference' needs a preference objective "
+                       "(train.objective = 'dpo', 'orpo' or 'simpo')")
+
+  def due(self, step: int, *, first: bool, last: bool) -> bool:
+    return first or last or (self.every > 0 and step % self.every == 0)
+
+  def run(self, params: Any) -> dict[str, float] | None:
+    split = str(self.context.config.eval.get("preference_split", "validation"))
+    return preference_metrics(self.context.config, self.context.tokenizer, self.context.state,
+                              params, split=split, rows=self.rows)
+
+
+def preference_metrics(config: ml_collections.ConfigDict, tokenizer: Any, state: TrainState,
+                       params: Any, *, split: str, rows: int,
+                       max_batches: int | None = None) -> dict[str, float] | None:
+  """Preference loss and metrics of `params` over a split's pairs (`rows` pairs per global
+  batch); what `tools/evaluate.py` can call on the test split with a trainer-built state."""
+  per_process = rows // jax.process_count()
+  max_batches = config.eval.max_batches if max_batches is None else max_batches
+  try:
+    batches = make_iterator(config.data, tokenizer, split=split, batch_size=per_process,
+                            shard_index=jax.process_index(), shard_count=jax.process_count(),
+                            seed=config.train.seed, num_epochs=1)
+  except ValueError as e:
+    logging.warning("no %s pairs: %s", split, e)
+    return None
+  totals = None
+  for i, host_batch in enumerate(host_batches.lockstep(batches, 2 * per_process)):
+    if max_batches and i >= max_batches:
+      break
+    batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
+    sums = state.preference_eval_step(params, state.rest, batch)
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  if totals is None:
+    return None
+  return pref_lib.summarize(jax.device_get(totals))

@@ -15,12 +15,14 @@ from typing import Any, Callable
 from flax import nnx
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
 
 from jaxift.model import loading
 from jaxift.model import lora as lora_lib
+from jaxift.model import preference as pref_lib
 from jaxift.model.config import ModelConfig
 from jaxift.model.sharding import mesh_rules
 from jaxift.train import optimizer as opt_lib
@@ -70,6 +72,12 @@ class TrainState:
   train_step: Callable
   # (params, rest, batch) -> loss sums of the batch.
   eval_step: Callable
+  # Preference objectives (train.objective != 'sft'): the frozen reference copy of a full
+  # fine-tune's DPO (None with LoRA, whose reference is the base with adapters off, and for the
+  # reference-free ORPO/SimPO), and (params, rest, batch) -> pair sums of a pair batch.
+  objective: str = "sft"
+  ref_params: Any = None
+  preference_eval_step: Callable | None = None
 
   def model(self, params: Any = None) -> nnx.Module:
     """The decoder with `params` (default: the current ones) merged into the frozen rest."""
@@ -85,6 +93,29 @@ class TrainState:
     return {k: jax.ShapeDtypeStruct((rows, seq_len), np.float32 if k == "weights" else np.int32,
                                     sharding=self.batch_sharding)
             for k in host_batches.BATCH_KEYS}
+
+
+class _WithReference:
+  """A jitted preference step with the frozen reference bound as its argument after `rest` (an
+  argument, never a jit constant), called with the SFT step's signature (and `.lower` for AOT)."""
+
+  def __init__(self, jitted: Callable, ref_params: Any, ref_at: int):
+    self.jitted, self.ref_params, self.ref_at = jitted, ref_params, ref_at
+
+  def _args(self, args):
+    return (*args[:self.ref_at], self.ref_params, *args[self.ref_at:])
+
+  def __call__(self, *args):
+    return self.jitted(*self._args(args))
+
+  def lower(self, *args):
+    return self.jitted.lower(*self._args(args))
+
+
+def needs_frozen_reference(config: ml_collections.ConfigDict) -> bool:
+  """A full fine-tune with a reference objective (DPO) holds a frozen copy of the initial model."""
+  objective = pref_lib.check_objective(str(config.train.get("objective", "sft")))
+  return objective in pref_lib.REFERENCE_OBJECTIVES and not lora_lib.enabled(config)
 
 
 def build_model_state(config: ml_collections.ConfigDict, mesh: Mesh, *,
@@ -141,8 +172,36 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
   eval_step = jax.jit(step_lib.make_eval_step(graphdef, loss_chunk),
                       in_shardings=(param_shardings, rest_shardings, batch_sharding),
                       out_shardings=replicated)
+  objective = pref_lib.check_objective(str(config.train.get("objective", "sft")))
+  ref_params, preference_eval_step = None, None
+  if objective != "sft":
+    if loss_chunk:
+      raise ValueError(f"train.loss_chunk_size={loss_chunk} is not supported with "
+                       f"train.objective={objective!r}; set it to 0")
+    if needs_frozen_reference(config):  # a frozen, sharded copy of the initial parameters
+      ref_params = (_abstract(params, param_shardings) if abstract_hf is not None else
+                    jax.jit(lambda p: jax.tree.map(jnp.copy, p),
+                            out_shardings=param_shardings)(params))
+    ref_shardings = param_shardings if ref_params is not None else None
+    options = config.preference
+    train_step = _WithReference(jax.jit(
+        step_lib.make_preference_train_step(
+            graphdef, tx, opt_lib.trainable_mask(params, config.train.freeze_regex),
+            objective=objective, options=options, accum=int(config.train.grad_accum_steps),
+            schedule=schedule, micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES)),
+            dropout_seed=int(config.train.seed) if use_dropout else None),
+        in_shardings=(param_shardings, opt_shardings, rest_shardings, ref_shardings, replicated,
+                      batch_sharding),
+        out_shardings=(param_shardings, opt_shardings, replicated),
+        donate_argnums=(0, 1)), ref_params, ref_at=3)
+    preference_eval_step = _WithReference(jax.jit(
+        step_lib.make_preference_eval_step(graphdef, objective=objective, options=options),
+        in_shardings=(param_shardings, rest_shardings, ref_shardings, batch_sharding),
+        out_shardings=replicated), ref_params, ref_at=2)
   return TrainState(mesh=mesh, model_cfg=model_cfg, graphdef=graphdef, params=params,
                     opt_state=opt_state, rest=rest, tx=tx, schedule=schedule,
                     param_shardings=param_shardings, opt_shardings=opt_shardings,
                     rest_shardings=rest_shardings, batch_sharding=batch_sharding,
-                    replicated=replicated, train_step=train_step, eval_step=eval_step)
+                    replicated=replicated, train_step=train_step, eval_step=eval_step,
+                    objective=objective, ref_params=ref_params,
+                    preference_eval_step=preference_eval_step)

@@ -28,6 +28,7 @@ from jaxift.train import guards
 from jaxift.train import host_batches
 from jaxift.train import mfu as mfu_lib
 from jaxift.train import state as state_lib
+from jaxift.train.config import apply_objective
 from jaxift.train.early_stopping import EarlyStopping
 from jaxift.train.metrics import MetricWriter, StepTimer
 from jaxift.train.guards import NonFiniteLossError, TrainingCollapsedError  # noqa: F401  (API)
@@ -40,6 +41,7 @@ OVERLONG_WARNING_SHARE = 0.01
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) the run of `config` in `workdir`; returns the final metrics."""
   workdir = epath.Path(workdir)
+  apply_objective(config)  # a preference objective reads pairs and validates preference metrics
   lock = workdir_lib.WorkdirLock(workdir)
   if jax.process_index() == 0:  # one trainer per run directory; process 0 speaks for the run
     workdir.mkdir(parents=True, exist_ok=True)
@@ -167,7 +169,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
   use_lora = lora_lib.enabled(config)
   # A full fine-tune resumes without reading pretrained weights: the checkpoint's parameters land
   # in their shards. LoRA always rebuilds its frozen base; its checkpoints hold only the adapters.
-  abstract_hf = saved_model_hf if resuming and not use_lora else None
+  # A full-fine-tuning DPO run builds its real initial model either way: its frozen reference.
+  abstract_hf = (saved_model_hf if resuming and not use_lora
+                 and not state_lib.needs_frozen_reference(config) else None)
   state = state_lib.build(config, mesh, total_steps, abstract_hf=abstract_hf)
   model_hf = abstract_hf or state.model_cfg.to_hf_dict()
   if is_main:  # one checkpoint (parameters + optimizer state) must fit
@@ -241,7 +245,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
         writer.message(ev.report(label, metrics))
       if ev.select_best:
         selected = metrics["loss"]
-        results.update(validation_loss=metrics["loss"], validation_perplexity=metrics["perplexity"])
+        results.update(validation_loss=metrics["loss"],
+                       validation_perplexity=metrics.get("perplexity"))
+        if "rewards/accuracies" in metrics:
+          results["validation_preference"] = dict(metrics)
       elif "exact_match" in metrics:
         results[f"exact_match_{label}"] = metrics["exact_match"]
     return selected

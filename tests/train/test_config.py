@@ -6,7 +6,7 @@ from jaxift.train import config as config_lib
 from tests.train.conftest import REPO_ROOT, load_config_file
 
 CONFIGS = ["quickstart", "tiny", "smollm2_alpaca", "gpt2_medium_alpaca", "llama3_8b_tpu",
-           "qwen2_5_0_5b"]
+           "qwen2_5_0_5b", "smollm2_dpo"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -46,3 +46,20 @@ def test_mesh_rules_survive_a_json_round_trip():
   back = ml_collections.ConfigDict(json.loads(c.to_json_best_effort()))
   assert sharding.mesh_rules(back) == sharding.mesh_rules(c)
   assert ("batch", ("data", "fsdp")) in sharding.mesh_rules(back)
+
+
+def test_preference_config_and_unknown_objective():
+  c = load_config_file(REPO_ROOT / "configs" / "smollm2_dpo.py", "objective=orpo,steps=30")
+  assert c.lora.enabled and c.data.pairs and c.train.objective == "orpo"
+  assert c.data.split_fractions == (0.85, 0.05, 0.10) and c.data.split_seed is None
+  assert c.evals.validation == "preference"
+  sft = config_lib.apply_objective(config_lib.base_config())
+  assert not sft.data.pairs and sft.evals.validation == "validation_loss"
+  dpo = config_lib.base_config()
+  dpo.train.objective = "dpo"
+  config_lib.apply_objective(dpo)
+  assert dpo.data.pairs and dpo.evals.validation == "preference"
+  bad = config_lib.base_config()
+  bad.train.objective = "rlhf"
+  with pytest.raises(ValueError, match="config.train.objective='rlhf'"):
+    config_lib.apply_objective(bad)
