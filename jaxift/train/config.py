@@ -118,6 +118,10 @@ def apply_objective(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
   with c.unlocked():
     c.data.pairs = True
+    # The elastic data order (jaxift/data/elastic.py) deals single examples; pairs go through the
+    # per-host pipeline, so a preference run resumed on another process count restarts its data
+    # order (with a warning) instead of continuing it.
+    c.data.elastic = False
     if "preference" not in c:
       c.preference = default_preference_config()
     names = [n for n, t in c.evals.items() if t == "validation_loss"]
