@@ -61,6 +61,20 @@ def from_config(config: ml_collections.ConfigDict, context: Context) -> list[Any
   return evaluators
 
 
+def sum_over_batches(eval_fn: Callable, state: TrainState, batches, rows: int,
+                     max_batches: int = 0) -> dict | None:
+  """Loss sums of `eval_fn` added over a pass of host batches (every process in lockstep, the
+  first `max_batches` only when > 0), fetched to the host once; None without a batch."""
+  totals = None
+  for i, host_batch in enumerate(host_batches.lockstep(batches, rows)):
+    if max_batches and i >= max_batches:
+      break
+    sums = eval_fn(host_batches.to_global(host_batches.same_length(host_batch),
+                                          state.batch_sharding))
+    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
+  return None if totals is None else jax.device_get(totals)
+
+
 @register("validation_loss")
 class ValidationLoss:
   """Token-weighted loss, perplexity and accuracy over the validation split (or its first
@@ -106,16 +120,9 @@ class ValidationLoss:
     except ValueError as e:  # e.g. an empty validation split
       logging.warning("no validation%s: %s", f" for {component}" if component else "", e)
       return None
-    totals = None
-    for i, host_batch in enumerate(host_batches.lockstep(batches, per_process)):
-      if config.eval.max_batches and i >= config.eval.max_batches:
-        break
-      batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
-      sums = state.eval_step(params, state.rest, batch)
-      totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-    if totals is None:
-      return None
-    return loss_lib.summarize(jax.device_get(totals))
+    totals = sum_over_batches(lambda batch: state.eval_step(params, state.rest, batch), state,
+                              batches, per_process, config.eval.max_batches)
+    return None if totals is None else loss_lib.summarize(totals)
 
 
 @register("exact_match")
@@ -191,13 +198,6 @@ def preference_metrics(config: ml_collections.ConfigDict, tokenizer: Any, state:
   except ValueError as e:
     logging.warning("no %s pairs: %s", split, e)
     return None
-  totals = None
-  for i, host_batch in enumerate(host_batches.lockstep(batches, 2 * per_process)):
-    if max_batches and i >= max_batches:
-      break
-    batch = host_batches.to_global(host_batches.same_length(host_batch), state.batch_sharding)
-    sums = state.preference_eval_step(params, state.rest, batch)
-    totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
-  if totals is None:
-    return None
-  return pref_lib.summarize(jax.device_get(totals))
+  totals = sum_over_batches(lambda batch: state.preference_eval_step(params, state.rest, batch),
+                            state, batches, 2 * per_process, max_batches)
+  return None if totals is None else pref_lib.summarize(totals)

@@ -39,6 +39,28 @@ def split_micro_batches(batch: Batch, accum: int, batch_spec: Any = None) -> Bat
   return jax.tree.map(split, batch)
 
 
+def accumulate(grad_and_sums: Callable, params: Any, sum_keys, micro_batches: Batch):
+  """Gradients and loss sums added over the leading (micro-batch) axis with a `lax.scan`: each
+  micro-step's objective is already divided by the whole batch's denominator, so the sum is the
+  one-big-batch gradient."""
+  def body(carry, micro):
+    grads, sums = grad_and_sums(micro)
+    return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+  zeros = (jax.tree.map(jnp.zeros_like, params),
+           {k: jnp.zeros((), jnp.float32) for k in sum_keys})
+  (grads, sums), _ = jax.lax.scan(body, zeros, micro_batches)
+  return grads, sums
+
+
+def apply_update(tx: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any,
+                 trainable: Any) -> tuple[Any, Any, Any]:
+  """(new params, new optimizer state, the trained part of the gradients for its norm)."""
+  trained_grads = jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
+  updates, opt_state = tx.update(grads, opt_state, params)
+  return optax.apply_updates(params, updates), opt_state, trained_grads
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     trainable: Any, *, accum: int = 1, z_loss: float = 0.0,
                     schedule: optax.Schedule | None = None,
@@ -69,21 +91,9 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
       grads, sums = grad_fn(params, rest, batch, total_weight)
     else:
       micro_batches = split_micro_batches(batch, accum, micro_batch_sharding)
-      zero_grads = jax.tree.map(jnp.zeros_like, params)
-      zero_sums = {k: jnp.zeros((), jnp.float32)
-                   for k in ("ce_sum", "z_sum", "correct_sum", "weight_sum")}
-
-      def body(carry, micro):
-        grads_acc, sums_acc = carry
-        grads, sums = grad_fn(params, rest, micro, total_weight)
-        return (jax.tree.map(jnp.add, grads_acc, grads),
-                jax.tree.map(jnp.add, sums_acc, sums)), None
-
-      (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), micro_batches)
-
-    trained_grads = jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+      grads, sums = accumulate(lambda micro: grad_fn(params, rest, micro, total_weight), params,
+                               ("ce_sum", "z_sum", "correct_sum", "weight_sum"), micro_batches)
+    params, opt_state, trained_grads = apply_update(tx, params, opt_state, grads, trainable)
     denominator = loss_lib.safe_denominator(sums["weight_sum"])
     non_padding = jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))
     metrics = {
@@ -186,20 +196,9 @@ def make_preference_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransfo
       grads, sums = grad_fn(params, rest, ref, batch, normalizers)
     else:
       micro_batches = split_pair_micro_batches(batch, accum, micro_batch_sharding)
-      zero_grads = jax.tree.map(jnp.zeros_like, params)
-      zero_sums = {k: jnp.zeros((), jnp.float32) for k in pref_lib.SUM_KEYS}
-
-      def body(carry, micro):
-        grads_acc, sums_acc = carry
-        grads, sums = grad_fn(params, rest, ref, micro, normalizers)
-        return (jax.tree.map(jnp.add, grads_acc, grads),
-                jax.tree.map(jnp.add, sums_acc, sums)), None
-
-      (grads, sums), _ = jax.lax.scan(body, (zero_grads, zero_sums), micro_batches)
-
-    trained_grads = jax.tree.map(lambda g, t: g if t else jnp.zeros((), g.dtype), grads, trainable)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
+      grads, sums = accumulate(lambda micro: grad_fn(params, rest, ref, micro, normalizers),
+                               params, pref_lib.SUM_KEYS, micro_batches)
+    params, opt_state, trained_grads = apply_update(tx, params, opt_state, grads, trainable)
     pairs = jnp.maximum(sums["pairs"], 1.0)
     non_padding = jnp.sum((batch["segment_ids"] > 0).astype(jnp.float32))
     metrics = {k: sums[f"{k}_sum"] / pairs for k in pref_lib.METRIC_KEYS}
