@@ -12,7 +12,7 @@ in chunks of 64 tokens, so the [tokens, 262144] logits never exist at once.
 """
 import importlib
 
-from jaxift.train.config import apply_runlocal, base_config, parse_arg
+from jaxift.train.config import apply_runlocal, load_sibling_config, parse_arg
 
 
 def gemma3_270m_gguf() -> str:
@@ -28,36 +28,13 @@ def gemma3_270m_gguf() -> str:
 
 
 def get_config(arg: str | None = None):
+  """The quickstart's recipe (configs/quickstart.py) on Gemma 3 270M: what differs is below."""
   a = parse_arg(arg, model="", steps=60, batch=4, lr=3e-4, runlocal=False)
-  c = base_config()
-  c.model.path = a.model or gemma3_270m_gguf()
-  c.tokenizer.path = ""  # the GGUF's own tokenizer
-
-  c.data.source = "synthetic"
-  c.data.synthetic.num_train = 2000
-  c.data.synthetic.num_validation = 32
-  c.data.synthetic.num_test = 64
-  c.data.template = "alpaca"
+  c = load_sibling_config(__file__, "quickstart").get_config(
+      f"model={a.model or gemma3_270m_gguf()},steps={a.steps},batch={a.batch},lr={a.lr}")
+  c.data.template = "alpaca"  # a base model: no chat template of its own
+  c.data.system_prompt = ""
   c.data.max_seq_length = 128
-  c.data.batching = "packing"
-  c.data.prefetch_buffer_size = 2
-
-  c.optimizer.lr = a.lr
-  c.optimizer.warmup_steps = 5
-  c.optimizer.schedule = "cosine"
-  c.optimizer.end_lr_ratio = 0.1
-  c.optimizer.weight_decay = 0.0
-  c.train.num_steps = a.steps
-  c.train.global_batch_size = a.batch
-  c.train.loss_chunk_size = 64
-  c.train.freeze_regex = r"^(embed/|layers/[0-8]/)"
-  c.train.log_every = 5
-  c.train.eval_every = 0
-  c.train.save_every = 0
-  c.checkpoint.keep = 1
-  c.eval.max_batches = 4
-  c.eval.generate_examples = 64
-  c.eval.generate_batch_size = 32
-  c.eval.max_new_tokens = 16
-  c.eval.show_generations = 4
+  c.train.loss_chunk_size = 64  # a 262k vocabulary: no [B, T, V] float32 logits at once
+  c.train.freeze_regex = r"^(embed/|layers/[0-8]/)"  # the bottom half of 18 layers
   return apply_runlocal(c) if a.runlocal else c
