@@ -28,7 +28,6 @@ import re
 import sys
 from typing import Any
 
-from absl import flags
 from etils import epath
 import grain
 import ml_collections
@@ -301,11 +300,7 @@ def make_iterator(data_config, tokenizer, *, batch_size: int, shard_index: int, 
     counts = stats_state(stats)
   dealt = _Dealt(base, stream, shard_index, shard_count)
   ds = dealt.to_iter_dataset()
-  if cfg.num_workers > 0:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+  ds = pipeline.with_workers(ds, cfg)
   tracker = _Tracker(stats, patience=n_records // shard_count + 1)
   ds = ds.filter(tracker.filter)
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id

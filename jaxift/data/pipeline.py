@@ -54,6 +54,16 @@ class TokenizeRecord(grain.transforms.Map):
       raise
 
 
+def with_workers(ds: grain.IterDataset, cfg) -> grain.IterDataset:
+  """`data.num_workers` Grain worker processes for the per-example work (0: in-process)."""
+  if cfg.num_workers <= 0:
+    return ds
+  if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
+    flags.FLAGS.mark_as_parsed()
+  return ds.mp_prefetch(grain.MultiprocessingOptions(
+      num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+
+
 def _encoder(cfg):
   """Preference hook (issue 15): data.pairs tokenizes a record into a chosen/rejected pair."""
   if cfg.get('pairs', False):
@@ -251,11 +261,7 @@ def make_dataset(data_config, tokenizer, *, split: str, batch_size: int, shard_i
   ds, n_records = _records_dataset(cfg, tokenizer, split, shard_index, shard_count, seed,
                                    num_epochs, stats, component)
   ds = ds.to_iter_dataset()
-  if cfg.num_workers > 0:
-    if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
-      flags.FLAGS.mark_as_parsed()
-    ds = ds.mp_prefetch(grain.MultiprocessingOptions(
-        num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+  ds = with_workers(ds, cfg)
   ds = ds.filter(CountDrops(stats, patience=n_records // shard_count + 1))
   pad_id = tokenize.tokenizer_info(tokenizer).pad_id
   length = cfg.max_seq_length

@@ -61,6 +61,18 @@ def apply_update(tx: optax.GradientTransformation, params: Any, opt_state: Any, 
   return optax.apply_updates(params, updates), opt_state, trained_grads
 
 
+def update_metrics(opt_state: Any, schedule: optax.Schedule | None, step) -> dict[str, jax.Array]:
+  """What both train steps report about the update: skipped non-finite updates
+  (`optax.apply_if_finite`) and the learning rate."""
+  metrics = {}
+  if isinstance(opt_state, optax.ApplyIfFiniteState):
+    metrics["consecutive_skips"] = opt_state.notfinite_count.astype(jnp.float32)
+    metrics["skipped_updates"] = opt_state.total_notfinite.astype(jnp.float32)
+  if schedule is not None:
+    metrics["learning_rate"] = schedule(step)
+  return metrics
+
+
 def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                     trainable: Any, *, accum: int = 1, z_loss: float = 0.0,
                     schedule: optax.Schedule | None = None,
@@ -105,12 +117,7 @@ def make_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
         "padding_efficiency": non_padding / batch["segment_ids"].size,
         "grad_norm": optax.global_norm(trained_grads),
     }
-    if isinstance(opt_state, optax.ApplyIfFiniteState):  # updates skipped on non-finite gradients
-      metrics["consecutive_skips"] = opt_state.notfinite_count.astype(jnp.float32)
-      metrics["skipped_updates"] = opt_state.total_notfinite.astype(jnp.float32)
-    if schedule is not None:
-      metrics["learning_rate"] = schedule(step)
-    return params, opt_state, metrics
+    return params, opt_state, {**metrics, **update_metrics(opt_state, schedule, step)}
 
   return train_step
 
@@ -212,12 +219,7 @@ def make_preference_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransfo
         "padding_efficiency": non_padding / batch["segment_ids"].size,
         "grad_norm": optax.global_norm(trained_grads),
     })
-    if isinstance(opt_state, optax.ApplyIfFiniteState):
-      metrics["consecutive_skips"] = opt_state.notfinite_count.astype(jnp.float32)
-      metrics["skipped_updates"] = opt_state.total_notfinite.astype(jnp.float32)
-    if schedule is not None:
-      metrics["learning_rate"] = schedule(step)
-    return params, opt_state, metrics
+    return params, opt_state, {**metrics, **update_metrics(opt_state, schedule, step)}
 
   return train_step
 
