@@ -3,6 +3,9 @@ tokenize+mask -> filter (counted) -> pad / bucket / pack -> batch -> prefetch. A
 (`data.mixture`) is one global order of its components, dealt to processes. Iterators are
 checkpointable."""
 import atexit
+import os
+import threading
+import time
 from typing import Any
 import weakref
 
@@ -61,7 +64,31 @@ def with_workers(ds: grain.IterDataset, cfg) -> grain.IterDataset:
   if not flags.FLAGS.is_parsed():  # Grain's workers read absl flags; outside absl.app parse none
     flags.FLAGS.mark_as_parsed()
   return ds.mp_prefetch(grain.MultiprocessingOptions(
-      num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size))
+      num_workers=cfg.num_workers, per_worker_buffer_size=cfg.worker_buffer_size),
+      worker_init_fn=exit_with_parent)
+
+
+PARENT_POLL_SECONDS = 1.0
+
+
+def exit_with_parent(worker_index: int, worker_count: int) -> None:
+  """Grain worker init: the worker exits within a second of its trainer's death.
+
+  Grain's workers are spawned processes that outlive a parent killed by SIGKILL or the OOM killer
+  (nothing runs in the parent to stop them): each would keep a CPU and its memory until the host
+  is rebooted, and a restarted trainer would compete with them. A daemon thread in each worker
+  watches its parent pid; when the worker is re-parented (the trainer is gone) it exits at once.
+  Polling, not PR_SET_PDEATHSIG: that signal fires when the *thread* that spawned the worker
+  exits, which in Grain is a prefetch thread, not the trainer."""
+  del worker_index, worker_count
+  parent = os.getppid()
+
+  def watch():
+    while os.getppid() == parent:
+      time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)  # pylint: disable=protected-access  # no cleanup: the reader is gone
+
+  threading.Thread(target=watch, name='jaxift-exit-with-parent', daemon=True).start()
 
 
 def _encoder(cfg):

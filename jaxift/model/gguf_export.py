@@ -197,12 +197,14 @@ def _is_byte_level(state: dict) -> bool:
 
 def export_gguf(model, cfg: ModelConfig, out_path, *, type: str = "f16",  # pylint: disable=redefined-builtin
                 tokenizer: Any = None, chat_template: str | None = None,
-                tokenizer_pre: str | None = None, name: str = "jaxift export") -> dict:
+                tokenizer_pre: str | None = None, name: str = "jaxift export",
+                progress: bool = False) -> dict:
   """Writes `model` as a GGUF file; returns {path, type, bytes, seconds, tensor_types}.
 
   `tokenizer`: a `.gguf` path (its `tokenizer.*` keys are copied, e.g. the file the model was
   loaded from), a byte-level BPE transformers tokenizer, or None (no tokenizer: llama.cpp then
-  cannot run the file). `chat_template` (Jinja) overrides the tokenizer's own."""
+  cannot run the file). `chat_template` (Jinja) overrides the tokenizer's own. `progress`: bars
+  over the tensors as they are gathered and encoded, then as they are written (process 0)."""
   if type not in EXPORT_TYPES:
     raise ValueError(f"GGUF export type {type!r} is not supported (supported: "
                      f"{', '.join(EXPORT_TYPES)})")
@@ -238,7 +240,8 @@ def export_gguf(model, cfg: ModelConfig, out_path, *, type: str = "f16",  # pyli
       for tensor_name, value in _extra_tensors(cfg).items():
         w.add_tensor(tensor_name, value)
         counts["F32"] = counts.get("F32", 0) + 1
-    for hf_name, value in hf.hf_tensors(model, cfg):  # every process gathers; process 0 writes
+    # Every process gathers; process 0 encodes and writes.
+    for hf_name, value in hf.hf_tensors(model, cfg, progress=progress, desc=f"encode {type}"):
       if w is None:
         continue
       value = gguf_lib.to_gguf_layout(cfg, hf_name, np.asarray(value, np.float32))
@@ -248,7 +251,7 @@ def export_gguf(model, cfg: ModelConfig, out_path, *, type: str = "f16",  # pyli
     if w is not None:
       w.write_header_to_file()
       w.write_kv_data_to_file()
-      w.write_tensors_to_file()
+      w.write_tensors_to_file(progress=progress)
       w.close()
       w = None
       os.replace(tmp, out_path)

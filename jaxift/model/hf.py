@@ -16,6 +16,7 @@ import numpy as np
 from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
+import tqdm
 
 from jaxift import fileio
 from jaxift.model import weights
@@ -126,25 +127,38 @@ def _to_host(value: jax.Array) -> np.ndarray:
   return np.asarray(jax.device_get(value))
 
 
-def hf_tensors(model, cfg: ModelConfig) -> Iterator[tuple[str, np.ndarray]]:
-  """(HF name, array) pairs, one tensor at a time (fused tensors joined from their parts)."""
+def hf_tensors(model, cfg: ModelConfig, *, progress: bool = False,
+               desc: str = "export") -> Iterator[tuple[str, np.ndarray]]:
+  """(HF name, array) pairs, one tensor at a time (fused tensors joined from their parts).
+  `progress`: a bar over the tensors on stderr (process 0 only), as they are gathered."""
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   scan = model.scan_layers
-  for rule_list in _group_by_hf_name(weights.rules_for(cfg)).values():
-    first = rule_list[0]
-    layers = range(cfg.num_hidden_layers) if first.per_layer else [None]
-    for i in layers:
-      parts = []
-      for rule in rule_list:
-        if not rule.per_layer:
-          value = _to_host(flat[rule.path][...])
-        elif scan:
-          value = _to_host(flat[("layers",) + rule.path][...][i])
-        else:
-          value = _to_host(flat[("layers", i) + rule.path][...])
-        parts.append(np.ascontiguousarray(rule.to_hf(value)))
-      yield first.name(i), (parts[0] if len(parts) == 1
-                            else np.concatenate(parts, axis=first.part_axis))
+  groups = list(_group_by_hf_name(weights.rules_for(cfg)).values())
+  total = sum(cfg.num_hidden_layers if g[0].per_layer else 1 for g in groups)
+  bar = tqdm.tqdm(total=total, desc=desc, unit="tensor", dynamic_ncols=True,
+                  disable=not progress or jax.process_index() != 0)
+  with bar:
+    for rule_list in groups:
+      yield from _rule_tensors(flat, rule_list, cfg, scan, bar)
+
+
+def _rule_tensors(flat, rule_list, cfg: ModelConfig, scan: bool, bar):
+  """One HF tensor per layer (or one) for a group of rules sharing an HF name."""
+  first = rule_list[0]
+  layers = range(cfg.num_hidden_layers) if first.per_layer else [None]
+  for i in layers:
+    parts = []
+    for rule in rule_list:
+      if not rule.per_layer:
+        value = _to_host(flat[rule.path][...])
+      elif scan:
+        value = _to_host(flat[("layers",) + rule.path][...][i])
+      else:
+        value = _to_host(flat[("layers", i) + rule.path][...])
+      parts.append(np.ascontiguousarray(rule.to_hf(value)))
+    yield first.name(i), (parts[0] if len(parts) == 1
+                          else np.concatenate(parts, axis=first.part_axis))
+    bar.update()
 
 
 def _group_by_hf_name(rules: list[weights.Rule]) -> dict[str, list[weights.Rule]]:
@@ -157,7 +171,8 @@ def _group_by_hf_name(rules: list[weights.Rule]) -> dict[str, list[weights.Rule]
 
 
 def export_hf(model, cfg: ModelConfig, out_dir, *, tokenizer=None,
-              max_shard_size: int = 2 * 1024**3, dtype: str | None = None) -> pathlib.Path:
+              max_shard_size: int = 2 * 1024**3, dtype: str | None = None,
+              progress: bool = False) -> pathlib.Path:
   """Writes config.json, safetensors (sharded with an index above `max_shard_size` bytes),
   generation_config.json and the tokenizer files; into a temp dir renamed at the end."""
   out_dir = pathlib.Path(out_dir)
@@ -170,7 +185,7 @@ def export_hf(model, cfg: ModelConfig, out_dir, *, tokenizer=None,
     sizes = [0]
     out_dtype = None
     # Shards are filled in order and written once full; names are fixed after the last one.
-    for name, value in hf_tensors(model, cfg):
+    for name, value in hf_tensors(model, cfg, progress=progress, desc=f"export {out_dir.name}"):
       if dtype is not None:
         value = value.astype(jnp.dtype(dtype))
       out_dtype = out_dtype or value.dtype

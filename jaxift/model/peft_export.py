@@ -35,11 +35,11 @@ HF_MODULES = {"q": "self_attn.q_proj", "k": "self_attn.k_proj", "v": "self_attn.
 
 
 def export_merged(model, cfg: ModelConfig, out_dir, *, tokenizer=None, dtype: str | None = None,
-                  max_shard_size: int = 2 * 1024**3) -> pathlib.Path:
+                  max_shard_size: int = 2 * 1024**3, progress: bool = False) -> pathlib.Path:
   """A full HF model directory with the adapters merged into the base weights."""
   merged = lora.merge_lora(model) if lora.has_lora(model) else model
   return hf.export_hf(merged, cfg, out_dir, tokenizer=tokenizer, dtype=dtype,
-                      max_shard_size=max_shard_size)
+                      max_shard_size=max_shard_size, progress=progress)
 
 
 def peft_tensors(model, cfg: ModelConfig) -> dict[str, np.ndarray]:

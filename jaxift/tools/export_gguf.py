@@ -74,7 +74,8 @@ def main(argv) -> None:
   result = gguf_export.export_gguf(
       model, model.cfg, _OUT.value, type=_TYPE.value,
       tokenizer=_tokenizer_arg(tokenizer_path) if tokenizer_path else None,
-      chat_template=_chat_template(config), tokenizer_pre=_TOKENIZER_PRE.value)
+      chat_template=_chat_template(config), tokenizer_pre=_TOKENIZER_PRE.value,
+      progress=True)
   print(json.dumps(result, indent=1, default=str))
 
 

@@ -46,7 +46,7 @@ def main(argv):
   if _TOKENIZER.value:
     tokenizer = load_tokenizer(_TOKENIZER.value)
   out = export_hf(model, model.cfg, _OUT.value, tokenizer=tokenizer, dtype=_DTYPE.value,
-                  max_shard_size=_SHARD.value * 1024**2)
+                  max_shard_size=_SHARD.value * 1024**2, progress=True)
   print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 

@@ -63,7 +63,7 @@ def main(argv):
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
   if _MERGED_DIR.value:
     out = peft_export.export_merged(model, model.cfg, _MERGED_DIR.value, tokenizer=tokenizer,
-                                    dtype=_DTYPE.value)
+                                    dtype=_DTYPE.value, progress=True)
     print(f"wrote {out}: {', '.join(sorted(p.name for p in out.iterdir()))}")
 
 

@@ -211,6 +211,11 @@ def test_export_tool_from_model_path(tiny_checkpoint, tmp_path):
                           env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "no tokenizer exported" in result.stderr  # the tiny checkpoint has none; said, not fatal
+  from safetensors import safe_open
+  with safe_open(str(out / "model.safetensors"), "np") as f:
+    n_tensors = len(f.keys())
+  # The tool shows a bar over the tensors, and it ends at the number of tensors written.
+  assert f"export {out.name}: 100%" in result.stderr and f"{n_tensors}/{n_tensors}" in result.stderr
   reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
   ex = random_examples(8, (7,))[0]
   np.testing.assert_allclose(torch_logits(reloaded, ex), torch_logits(torch_model, ex), atol=1e-5)

@@ -20,6 +20,7 @@ def test_export_gguf_of_a_run_reads_back_exactly(reference_run, tmp_path):
                          "--step=latest", f"--out={out}", "--type=f32"], cwd=REPO_ROOT,
                         env=subprocess_env(), capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  assert "encode f32: 100%" in proc.stderr  # the progress bar ran to the last tensor
   trained, tokenizer, _ = workdir_lib.load_for_inference(workdir, "latest")
   reread, _ = load_model(str(out))
   ids = jnp.array([tokenizer.encode("Below is an instruction that describes a task.")])

@@ -9,9 +9,11 @@ import math
 import os
 import pathlib
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -112,6 +114,62 @@ def test_two_trainers_started_together_one_wins(gpt2_dir, tmp_path):
   assert codes[0] == 0 and codes[1] != 0, outs
   loser = outs[[p.returncode for p in procs].index(codes[1])][1]
   assert "is in use by another trainer" in loser
+
+
+def _children(pid: int) -> set[int]:
+  """Pids whose parent is `pid` (from /proc: no psutil dependency)."""
+  out = set()
+  for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
+    try:
+      fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:  # the process ended while we looked
+      continue
+    if int(fields[1]) == pid:
+      out.add(int(stat.parent.name))
+  return out
+
+
+def _alive(pid: int) -> bool:
+  try:
+    state = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+  except OSError:
+    return False
+  return state != "Z"  # a zombie has exited; only its parent's wait is missing
+
+
+@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="needs Linux /proc")
+def test_kill_9_with_grain_workers_leaves_no_orphans(gpt2_dir, tmp_path):
+  """Grain's worker processes outlive a trainer killed by SIGKILL (or the OOM killer) unless they
+  watch their parent (pipeline.exit_with_parent): without it they stay alive, re-parented to init."""
+  from tests.train.conftest import subprocess_env, tiny_cli_args
+  trainer_proc = subprocess.Popen(
+      tiny_cli_args(gpt2_dir, tmp_path, "--config.data.num_workers=2", steps=100_000),
+      env=subprocess_env(), cwd=pathlib.Path(__file__).resolve().parents[2],
+      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  metrics = tmp_path / "metrics.jsonl"
+  workers: set[int] = set()
+  try:
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline:  # training has started: the workers are feeding it
+      assert trainer_proc.poll() is None, "the trainer ended before it was killed"
+      workers = _children(trainer_proc.pid)
+      if metrics.exists() and '"train"' in metrics.read_text() and len(workers) >= 2:
+        break
+      time.sleep(0.5)
+    assert len(workers) >= 2, f"expected 2 Grain workers, saw child pids {workers}"
+    trainer_proc.kill()  # SIGKILL: nothing runs in the trainer
+    trainer_proc.wait()
+    deadline = time.monotonic() + 20
+    while any(_alive(w) for w in workers) and time.monotonic() < deadline:
+      time.sleep(0.2)
+    orphans = [w for w in workers if _alive(w)]
+    assert not orphans, f"processes {orphans} outlived the killed trainer"
+  finally:
+    for pid in workers | {trainer_proc.pid}:
+      try:
+        os.kill(pid, signal.SIGKILL)
+      except OSError:
+        pass
 
 
 # ---- divergence -----------------------------------------------------------------------------------
