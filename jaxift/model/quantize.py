@@ -88,9 +88,9 @@ def quantize(w, scheme: str, block_size: int = 64, axis: int = 0, *,
   """
   check_scheme(scheme, block_size)
   xp = np if isinstance(w, np.ndarray) else jnp
-  axis = axis - w.ndim if axis >= 0 else axis
-  if not -w.ndim <= axis < 0:
+  if not -w.ndim <= axis < w.ndim:
     raise ValueError(f"axis={axis} is out of range for {name} of shape {tuple(w.shape)}")
+  axis = axis - w.ndim if axis >= 0 else axis  # from the end: the same for a stacked kernel
   k = w.shape[axis]
   if k % block_size:
     raise ValueError(f"block_size={block_size} does not divide axis {axis + w.ndim} (size {k}) "
