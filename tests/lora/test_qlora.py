@@ -267,3 +267,18 @@ def test_trainer_resumes_exactly_on_a_quantized_base(shared_data, tmp_path):
   assert len(frozen(model)) == 28  # 2 layers x 7 kernels x (codes, scales)
   for a, b in zip(frozen(fresh), frozen(model)):
     np.testing.assert_array_equal(a, b)
+
+
+def test_qlora_configs_resolve():
+  from tests.lora.test_lora_configs import _config
+  c = _config("smollm2_qlora", "data=/x.json,quant=int8,block=32,embedding,rank=8,runlocal")
+  assert (c.lora.enabled, c.lora.rank, c.lora.base_quantization, c.lora.quantization_block_size,
+          c.lora.quantize_embedding) == (True, 8, "int8", 32, True)
+  assert c.data.train_files == "/x.json" and c.train.num_steps == 5  # runlocal shrink applied
+  c = _config("llama3_8b_qlora_tpu", "model=/m,data=/d")
+  assert (c.lora.base_quantization, c.lora.quantization_block_size, c.lora.quantize_embedding,
+          c.lora.rank, c.model.remat_policy, c.train.loss_chunk_size) == ("nf4", 64, False, 16,
+                                                                          "full", 1024)
+  assert Q.from_config(c.lora) == Q.BaseQuantization("nf4", 64, False)
+  with pytest.raises(ValueError, match="unknown key 'qaunt'"):
+    _config("smollm2_qlora", "qaunt=nf4")
