@@ -282,3 +282,29 @@ def test_qlora_configs_resolve():
   assert Q.from_config(c.lora) == Q.BaseQuantization("nf4", 64, False)
   with pytest.raises(ValueError, match="unknown key 'qaunt'"):
     _config("smollm2_qlora", "qaunt=nf4")
+
+
+def test_memory_estimate_reports_the_quantized_frozen_base():
+  """`memory_estimate.estimate` of a tiny QLoRA config: the frozen bytes equal a hand count of the
+  codes and scales, and are below the same LoRA config's float32 base."""
+  from jaxift.tools import memory_estimate
+  from tests.lora.test_lora_configs import _config
+
+  def config(quant):
+    c = _config("tiny", "vocab=256")
+    c.model.scan_layers, c.data.max_seq_length, c.train.global_batch_size = True, 64, 2
+    c.lora.enabled, c.lora.rank = True, 4
+    c.lora.base_quantization, c.lora.quantization_block_size = quant, 16
+    return c
+
+  h = config("none").model.hf_config
+  d, f, n, k, hd, L, v = (h.hidden_size, h.intermediate_size, h.num_attention_heads,
+                          h.num_key_value_heads, h.head_dim, h.num_hidden_layers, h.vocab_size)
+  weights = L * (2 * d * n * hd + 2 * d * k * hd + 3 * d * f)
+  rest = 4 * (v * d + (2 * L + 1) * d) + 4 * 2 * L  # f32 tied embedding, norms; layer ids
+  full = memory_estimate.estimate(config("none"))
+  nf4 = memory_estimate.estimate(config("nf4"))
+  assert full["frozen_bytes_per_device"] == 4 * weights + rest
+  assert nf4["frozen_bytes_per_device"] == weights // 2 + weights // 16 * 4 + rest
+  assert nf4["lora_settings"]["base_quantization"] == "nf4"
+  assert nf4["params_bytes_per_device"] == full["params_bytes_per_device"]  # the same adapters
