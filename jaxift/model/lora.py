@@ -181,7 +181,8 @@ def lora_settings(model) -> dict[str, Any]:
   for layer, block in lora_blocks(model):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
-      if isinstance(module, tuple(_BASE_CLASSES)):
+      # (a module of a quantized base can hold the LoRA class without adapters: see apply_lora)
+      if isinstance(module, tuple(_BASE_CLASSES)) and module.lora_targets:
         out.update(rank=module.lora_rank, alpha=module.lora_alpha, dropout=module.lora_dropout)
         layers = range(model.cfg.num_hidden_layers) if layer is None else [layer]
         for i in layers:

@@ -147,7 +147,9 @@ def test_merged_export_dequantizes_and_peft_export_is_unchanged(base_checkpoint,
   absmax = np.abs(base.reshape(4, BLOCK, *base.shape[1:])).max(axis=1).repeat(BLOCK, axis=0)
   err = np.abs(w_q - w_full)
   assert 0 < err.max() and np.all(err <= 0.152 * absmax + 1e-7)
-  # PEFT adapter export: the same tensors and config as the adapters on the full-precision base.
+  # PEFT adapter export: the same tensors and config as the adapters on the full-precision base
+  # (the mlp modules hold the LoRA class for their quantized kernels, but no adapters).
+  assert lora.lora_settings(model) == lora.lora_settings(full)
   want, got = peft_export.peft_tensors(full, cfg), peft_export.peft_tensors(model, cfg)
   assert sorted(got) == sorted(want)
   for k in want:
