@@ -1,9 +1,10 @@
 """QLoRA sizing (not collected by pytest): `jaxift.tools.memory_estimate` on the Llama-3.1-8B
-shape, LoRA r=16 on every projection, batch 1 x 2048, for a bf16 / int8 / nf4 frozen base, with and
-without remat + chunked loss, on 1 device and on 8 fake devices (fsdp=8). Prints a markdown table
-(GiB per device: frozen base, adapters + Adam moments, temporaries, peak); JSON reports in OUT_DIR.
+shape, LoRA r=16 on every projection, one 2048-token row per device (the batch axis is sharded over
+data x fsdp, so 8 devices take 8 rows), for a bf16 / int8 / nf4 frozen base, with and without remat
++ chunked loss, on 1 device and on 8 fake devices (fsdp=8). Prints a markdown table (GiB per
+device: frozen base, adapters + Adam moments, temporaries, peak); JSON reports in OUT_DIR.
 
-  flock /tmp/bench.lock python tests/lora/bench_qlora_memory.py /tmp/qlora_memory
+  flock /tmp/bench.lock python tests/lora/bench_qlora_memory.py /tmp/qlora_memory [1 8]
 """
 import json
 import pathlib
@@ -13,18 +14,18 @@ import sys
 GIB = 1024 ** 3
 
 
-def main(out_dir: str) -> None:
+def main(out_dir: str, device_counts: tuple[int, ...]) -> None:
   out = pathlib.Path(out_dir)
   out.mkdir(parents=True, exist_ok=True)
   rows = []
-  for devices in (1, 8):
+  for devices in device_counts:
     for lean in (True, False):
       for quant in ("none", "int8", "nf4"):
         name = f"{quant}_{devices}dev_{'remat' if lean else 'plain'}"
         extra = [] if lean else ["--config.model.remat_policy=none",
                                  "--config.train.loss_chunk_size=0"]
         cmd = [sys.executable, "-m", "jaxift.tools.memory_estimate",
-               f"--config=configs/llama3_8b_qlora_tpu.py:batch=1,seq=2048,quant={quant}",
+               f"--config=configs/llama3_8b_qlora_tpu.py:batch={devices},seq=2048,quant={quant}",
                "--shape=llama-3.1-8b", f"--devices={devices}", f"--out={out / name}.json", *extra]
         subprocess.run(cmd, check=True, capture_output=True)
         r = json.loads((out / f"{name}.json").read_text())
@@ -41,4 +42,5 @@ def main(out_dir: str) -> None:
 
 
 if __name__ == "__main__":
-  main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/qlora_memory")
+  main(sys.argv[1] if len(sys.argv) > 1 else "/tmp/qlora_memory",
+       tuple(int(n) for n in sys.argv[2:]) or (1, 8))
