@@ -8,7 +8,7 @@ tensor by tensor while loading.
 
 The frozen base is 6.03e9 bytes (5.61 GiB: projections 3.93 GB at 4.5 bits per weight, the bf16
 embedding and lm_head 2.10 GB) instead of 16.1 GB in bf16; `embedding` quantizes those two tables
-too (4.13 GB in all). Remat (`full`) and the chunked loss keep the step's activations small;
+too (4.52 GB in all). Remat (`full`) and the chunked loss keep the step's activations small;
 sizes per device: docs/benchmarks.md "QLoRA (issue 16)".
 Variants: as llama3_8b_lora_tpu (model, data, steps, batch, seq, tensor, rank, alpha, dropout,
 targets, runlocal) plus quant=nf4|int4|int8, block=N, embedding.
