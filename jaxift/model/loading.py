@@ -17,6 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxift.model import gguf as gguf_lib
 from jaxift.model import hf
+from jaxift.model import quantize as quantize_lib
 from jaxift.model import weights
 from jaxift.model.config import ModelConfig, default_model_config
 from jaxift.model.decoder import Decoder
@@ -100,13 +101,25 @@ def _plan(cfg: ModelConfig, flat, scan_layers: bool, source) -> list:
 
 
 def load_pretrained(cfg: ModelConfig, source, options: dict, *, mesh=None,
-                    rules=DEFAULT_LOGICAL_RULES) -> Decoder:
+                    rules=DEFAULT_LOGICAL_RULES,
+                    quantization: quantize_lib.BaseQuantization | None = None) -> Decoder:
+  """The pretrained Decoder; with `quantization` its frozen kernels are quantized tensor by tensor
+  as they are read (one layer's full-precision tensor on the host at a time, codes and scales placed
+  straight into the shardings of the weight's logical axes)."""
   abstract = nnx.eval_shape(lambda: Decoder(cfg, rngs=nnx.Rngs(0), **options))
   graphdef, state = nnx.split(abstract)
   flat = list(nnx.to_flat_state(state))
   param_dtype = jnp.dtype(options.get("param_dtype", "float32"))
   plan = _plan(cfg, flat, options.get("scan_layers", False), source)
+  if quantization is not None:
+    quantize_lib.check_divides(quantization, {tuple(p): tuple(v.shape) for p, v in flat})
+  quantized = {}
   for path, var, rule, layers in plan:
+    axis = None if quantization is None else quantization.axis(path)
+    if axis is not None:
+      quantized[tuple(path)] = _load_quantized(var, rule, layers, source, quantization, axis,
+                                               mesh, rules, options)
+      continue
     sharding = param_sharding(var, var.shape, mesh, rules)
     stacked = bool(options.get("scan_layers", False)) and rule.per_layer
     # A stacked parameter is placed layer by layer (sharded like the stack minus its first axis)
@@ -125,7 +138,33 @@ def load_pretrained(cfg: ModelConfig, source, options: dict, *, mesh=None,
       value = pieces[0]
     del pieces
     var.set_value(value)
-  return nnx.merge(graphdef, nnx.from_flat_state(flat))
+  model = nnx.merge(graphdef, nnx.from_flat_state(flat))
+  for path, (q, axes) in quantized.items():  # their slots still hold shapes only
+    quantize_lib.install(model, path, q, axes)
+  return model
+
+
+def _load_quantized(var, rule, layers, source, quantization, axis, mesh, rules, options):
+  """(Quantized, logical axes) of one frozen kernel: each layer's tensor is read in float32,
+  quantized on the host and its codes and scales placed in their shards, then stacked on the
+  devices when the layers are (`scan_layers`)."""
+  axes = tuple(logical_axes(var) or (None,) * len(var.shape))
+  stacked = bool(options.get("scan_layers", False)) and rule.per_layer
+  piece_axes = axes[1:] if stacked else axes
+  codes, scales, q = [], [], None
+  for i in layers:
+    host = np.ascontiguousarray(rule.to_ours(source.get(rule.name(i))), dtype=np.float32)
+    q = quantize_lib.quantize(host, quantization.scheme, quantization.block_size, axis,
+                              name=rule.name(i))
+    del host
+    for out, x in ((codes, q.codes), (scales, q.scales)):
+      sharding = None if mesh is None else named_sharding(mesh, piece_axes, rules, x.shape)
+      out.append(_place(np.ascontiguousarray(x), sharding))
+  if stacked:
+    stack = lambda xs: jax.jit(lambda *a: jnp.stack(a), out_shardings=None if mesh is None else
+                               named_sharding(mesh, axes, rules, (len(xs),) + xs[0].shape))(*xs)
+    codes, scales = [stack(codes)], [stack(scales)]
+  return quantize_lib.Quantized(codes[0], scales[0], q.scheme, q.block_size, q.axis), axes
 
 
 def init_random(cfg: ModelConfig, options: dict, *, mesh=None, rules=DEFAULT_LOGICAL_RULES,
@@ -152,21 +191,27 @@ def architecture(model_config) -> dict:
   return ModelConfig.from_hf_dict(hf_dict).to_hf_dict()
 
 
-def build_model(model_config, *, mesh: Mesh | None = None, rules=None,
-                seed: int = 0) -> tuple[Decoder, ModelConfig]:
-  """(Decoder, ModelConfig) from `config.model`: pretrained from `path`, else random `hf_config`."""
+def build_model(model_config, *, mesh: Mesh | None = None, rules=None, seed: int = 0,
+                quantization: quantize_lib.BaseQuantization | None = None
+                ) -> tuple[Decoder, ModelConfig]:
+  """(Decoder, ModelConfig) from `config.model`: pretrained from `path`, else random `hf_config`.
+  `quantization`: frozen kernels held quantized (QLoRA), quantized while loading."""
   rules = DEFAULT_LOGICAL_RULES if rules is None else rules
   options = module_options(model_config)
   path = model_config.get("path", "")
   if path:
     cfg, source = open_checkpoint(path)
-    return load_pretrained(cfg, source, options, mesh=mesh, rules=rules), cfg
+    return load_pretrained(cfg, source, options, mesh=mesh, rules=rules,
+                           quantization=quantization), cfg
   hf_config = model_config.get("hf_config")
   hf_dict = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config or {})
   if not hf_dict:
     raise ValueError("config.model needs either `path` (HF dir, .gguf or hub id) or `hf_config`")
   cfg = ModelConfig.from_hf_dict(hf_dict)
-  return init_random(cfg, options, mesh=mesh, rules=rules, seed=seed), cfg
+  model = init_random(cfg, options, mesh=mesh, rules=rules, seed=seed)
+  if quantization is not None:  # a random base is small (tests, sizing): quantized after init
+    quantize_lib.quantize_model(model, quantization, mesh=mesh, rules=rules)
+  return model, cfg
 
 
 def abstract_model(model_config: ml_collections.ConfigDict, hf_dict: dict, mesh: Any, rules: Any):

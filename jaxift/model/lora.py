@@ -35,6 +35,7 @@ from flax import nnx
 
 from jaxift.model import decoder as decoder_lib
 from jaxift.model import loading
+from jaxift.model import quantize as quantize_lib
 from jaxift.model.config import ModelConfig
 from jaxift.model.sharding import DEFAULT_LOGICAL_RULES, named_sharding
 
@@ -59,6 +60,11 @@ def default_lora_config() -> ml_collections.ConfigDict:
   c.target_regex = DEFAULT_TARGET_REGEX  # searched in parameter paths such as layers/0/attn/q_kernel
   c.base_dtype = ""  # '' keeps the base in config.model.param_dtype; 'bfloat16' halves its memory
   c.param_dtype = "float32"  # the adapters themselves
+  # QLoRA: the frozen projections held quantized ('none' | 'int8' | 'int4' | 'nf4'), blocks of
+  # `quantization_block_size` along each kernel's contraction axis (jaxift.model.quantize).
+  c.base_quantization = "none"
+  c.quantization_block_size = 64
+  c.quantize_embedding = False  # also the embedding table and an untied lm_head
   return c
 
 
@@ -102,6 +108,15 @@ def _dropout(module, x: jax.Array, name: str) -> jax.Array:
   return jnp.where(keep, x / (1.0 - rate), 0).astype(x.dtype)
 
 
+def _frozen(module, name: str, project, x: jax.Array) -> jax.Array:
+  """`project(x)`, the frozen projection; on a quantized kernel rematerialized in the backward
+  pass, so autodiff keeps x and the codes, never the dequantized weight, for the input gradient
+  (else every layer's full-precision weights would be saved until the backward pass)."""
+  if isinstance(getattr(module, f"{name}_kernel"), quantize_lib.QuantizedWeight):
+    return jax.checkpoint(project, policy=jax.checkpoint_policies.nothing_saveable)(x)
+  return project(x)
+
+
 def _add_adapter(module, x: jax.Array, y: jax.Array, name: str) -> jax.Array:
   """y + scale * dropout(x) A B for a targeted projection; y unchanged otherwise."""
   if name not in module.lora_targets:
@@ -116,17 +131,20 @@ class LoRAAttention(decoder_lib.Attention):
   """`Attention` with adapters on q/k/v (`_project`) and o (`_output`)."""
 
   def _project(self, x_BxTxD, name: str) -> jax.Array:
-    return _add_adapter(self, x_BxTxD, super()._project(x_BxTxD, name), name)
+    base = _frozen(self, name, lambda x: super(LoRAAttention, self)._project(x, name), x_BxTxD)
+    return _add_adapter(self, x_BxTxD, base, name)
 
   def _output(self, out_BxTxNxH) -> jax.Array:
-    return _add_adapter(self, out_BxTxNxH, super()._output(out_BxTxNxH), "o")
+    base = _frozen(self, "o", super()._output, out_BxTxNxH)
+    return _add_adapter(self, out_BxTxNxH, base, "o")
 
 
 class LoRAMlp(decoder_lib.Mlp):
   """`Mlp` with adapters on gate/up/down."""
 
   def _dense(self, x, name: str):
-    return _add_adapter(self, x, super()._dense(x, name), name)
+    base = _frozen(self, name, lambda x_: super(LoRAMlp, self)._dense(x_, name), x)
+    return _add_adapter(self, x, base, name)
 
 
 _LORA_CLASSES = {decoder_lib.Attention: LoRAAttention, decoder_lib.Mlp: LoRAMlp}
@@ -163,7 +181,8 @@ def lora_settings(model) -> dict[str, Any]:
   for layer, block in lora_blocks(model):
     for part in ("attn", "mlp"):
       module = getattr(block, part)
-      if isinstance(module, tuple(_BASE_CLASSES)):
+      # (a module of a quantized base can hold the LoRA class without adapters: see apply_lora)
+      if isinstance(module, tuple(_BASE_CLASSES)) and module.lora_targets:
         out.update(rank=module.lora_rank, alpha=module.lora_alpha, dropout=module.lora_dropout)
         layers = range(model.cfg.num_hidden_layers) if layer is None else [layer]
         for i in layers:
@@ -228,7 +247,9 @@ def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> l
         module = getattr(block, part)
         names = tuple(n for n, (p, _) in PROJECTIONS.items()
                       if p == part and f"{prefix}{part}/{n}_kernel" in chosen)
-        if not names:
+        # A module with quantized kernels and no adapters still takes the LoRA class: its hooks
+        # rematerialize the dequantized weights (`_frozen`).
+        if not names and not _has_quantized_kernel(module):
           continue
         module.__class__ = _LORA_CLASSES[type(module)]
         module.lora_targets, module.lora_rank, module.lora_alpha = names, rank, alpha
@@ -242,8 +263,8 @@ def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> l
         for name in names:
           kernel = getattr(module, f"{name}_kernel")
           n_in = PROJECTIONS[name][1]
-          axes = tuple(kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim)
-          shape, axes = tuple(kernel.shape)[len(stack):], axes[len(stack):]
+          shape, axes = _kernel_layout(kernel)
+          shape, axes = shape[len(stack):], axes[len(stack):]
           in_shape, out_shape = shape[:n_in], shape[n_in:]
           bound = 1.0 / math.sqrt(math.prod(in_shape))
           key = jax.random.fold_in(jax.random.fold_in(base_key, num_layers if layer is None
@@ -261,8 +282,22 @@ def apply_lora(model, lora_config, *, mesh=None, rules=None, seed: int = 0) -> l
   return chosen
 
 
+def _has_quantized_kernel(module) -> bool:
+  return any(isinstance(getattr(module, f"{n}_kernel", None), quantize_lib.QuantizedWeight)
+             for n in PROJECTIONS)
+
+
+def _kernel_layout(kernel) -> tuple[tuple[int, ...], tuple]:
+  """(shape, logical axes) of a base kernel, full precision or quantized."""
+  if isinstance(kernel, quantize_lib.QuantizedWeight):
+    return tuple(kernel.shape), kernel.axes
+  axes = kernel.get_metadata().get("out_sharding") or (None,) * kernel.ndim
+  return tuple(kernel.shape), tuple(axes)
+
+
 def cast_base(model, dtype) -> None:
-  """Stores every frozen (non-LoRA) parameter in `dtype` (e.g. bfloat16), keeping shardings."""
+  """Stores every frozen (non-LoRA) parameter in `dtype` (e.g. bfloat16), keeping shardings
+  (quantized kernels are `QuantizedArray`s, not parameters: they keep their codes and scales)."""
   dtype = jnp.dtype(dtype)
   for _, var in nnx.to_flat_state(nnx.state(model, nnx.Param)):
     if not isinstance(var, LoRAParam) and var[...].dtype != dtype:
@@ -280,6 +315,8 @@ def merge_lora(model, dtype=None):
   """A plain `Decoder` with W + (alpha/rank) A B folded into each kernel (the input is untouched).
 
   Merged kernels are computed in float32 and stored in `dtype` (default: the model's param_dtype).
+  A quantized base (QLoRA) is dequantized: the merged weights are dequantize(W) + (alpha/rank) A B,
+  so they carry the base's quantization error (docs/lora.md).
   """
   merged = nnx.clone(model)  # new modules and variables (over the same arrays): model untouched
   dtype = jnp.dtype(dtype or merged.param_dtype)
@@ -292,13 +329,20 @@ def merge_lora(model, dtype=None):
         kernel = getattr(module, f"{name}_kernel")
         delta = _delta(getattr(module, f"{name}_lora_a")[...], getattr(module, f"{name}_lora_b")[...],
                        layer is None, module.lora_scale)
-        kernel.set_value((kernel[...].astype(jnp.float32) + delta).astype(dtype))
+        if isinstance(kernel, quantize_lib.QuantizedWeight):
+          value = quantize_lib.dequantize(kernel.quantized(), jnp.float32) + delta
+          with nnx.use_eager_sharding(False):
+            setattr(module, f"{name}_kernel", nnx.Param(value.astype(dtype),
+                                                        out_sharding=kernel.axes))
+        else:
+          kernel.set_value((kernel[...].astype(jnp.float32) + delta).astype(dtype))
         delattr(module, f"{name}_lora_a")
         delattr(module, f"{name}_lora_b")
       for attr in ("lora_layer", "lora_targets", "lora_rank", "lora_alpha", "lora_dropout",
                    "lora_scale"):
         delattr(module, attr)
       module.__class__ = _BASE_CLASSES[type(module)]
+  quantize_lib.dequantize_model(merged, dtype)  # the kernels without adapters, the embedding
   return merged
 
 
@@ -314,6 +358,9 @@ def abstract_lora_model(cfg, lora_config, **options):
   """The LoRA model as shapes only (`nnx.eval_shape`): sizes of a 70B run without its weights."""
   def build():
     model = decoder_lib.Decoder(cfg, rngs=nnx.Rngs(0), **options)
+    quantization = quantize_lib.from_config(lora_config)
+    if quantization is not None:
+      quantize_lib.quantize_model(model, quantization)
     apply_lora(model, lora_config)
     return model
   return nnx.eval_shape(build)
@@ -338,7 +385,9 @@ def build_model(config, *, mesh=None, rules=None, seed: int = 0):
   The base comes from `config.model.path` (or `hf_config` + seed), so a LoRA checkpoint needs only
   the adapters: resuming and `load_for_inference` rebuild the base from this same reference.
   """
-  model, cfg = loading.build_model(config.model, mesh=mesh, rules=rules, seed=seed)
+  quantization = quantize_lib.from_config(config.lora) if enabled(config) else None
+  model, cfg = loading.build_model(config.model, mesh=mesh, rules=rules, seed=seed,
+                                   quantization=quantization)
   if enabled(config):
     apply_lora(model, config.lora, mesh=mesh, rules=rules, seed=seed)
   return model, cfg
@@ -348,7 +397,10 @@ def base_reference(config) -> dict[str, Any]:
   """What a LoRA checkpoint records about its frozen base (written into checkpoint metadata)."""
   return {"path": str(config.model.get("path", "")), "seed": int(config.train.get("seed", 0)),
           "param_dtype": str(config.model.get("param_dtype", "float32")),
-          "base_dtype": str(config.lora.get("base_dtype", ""))}
+          "base_dtype": str(config.lora.get("base_dtype", "")),
+          "base_quantization": str(config.lora.get("base_quantization", "none") or "none"),
+          "quantization_block_size": int(config.lora.get("quantization_block_size", 64)),
+          "quantize_embedding": bool(config.lora.get("quantize_embedding", False))}
 
 
 def abstract_split(config, hf_dict: dict, mesh, rules):

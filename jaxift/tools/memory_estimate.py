@@ -9,7 +9,8 @@ it the config's `model.path` (only its config/metadata is read) or `model.hf_con
 
 Nothing is loaded or allocated: `jaxift.train.state.build(..., abstract_hf=...)` -- the trainer's
 own state builder -- gives parameters, optimizer state and the batch as `jax.ShapeDtypeStruct`s
-carrying the trainer's shardings (LoRA configs: adapters and frozen base), and the trainer's jitted
+carrying the trainer's shardings (LoRA configs: adapters and frozen base, QLoRA: the base's codes
+and scales, `frozen_bytes_per_device`), and the trainer's jitted
 train step is lowered and compiled (`.lower(...).compile().memory_analysis()`). The numbers are per
 device (one SPMD partition).
 
@@ -93,6 +94,10 @@ def estimate(config, seq_len: int = 0) -> dict:
       "model": {k: config.model.get(k) for k in ("dtype", "param_dtype", "scan_layers",
                                                  "remat_policy", "attention")},
       "lora": bool(config.lora.enabled),
+      # QLoRA: how the frozen base is held (its bytes: frozen_bytes_per_device).
+      "lora_settings": ({k: config.lora.get(k) for k in (
+          "rank", "target_regex", "base_dtype", "base_quantization", "quantization_block_size",
+          "quantize_embedding")} if config.lora.enabled else None),
       "loss_chunk_size": int(config.train.loss_chunk_size),
       "params_bytes_per_device": leaf_bytes_per_device(state.params),
       "frozen_bytes_per_device": leaf_bytes_per_device(state.rest),
@@ -144,7 +149,8 @@ def main(argv) -> None:
   gib = 1024 ** 3
   print(f"peak {report['peak_bytes_per_device'] / gib:.3f} GiB per device on "
         f"{report['num_devices']} {report['platform']} devices (params "
-        f"{report['params_bytes_per_device'] / gib:.3f}, optimizer "
+        f"{report['params_bytes_per_device'] / gib:.3f}, frozen "
+        f"{report['frozen_bytes_per_device'] / gib:.3f}, optimizer "
         f"{report['opt_state_bytes_per_device'] / gib:.3f}, temporaries "
         f"{report['temp_bytes'] / gib:.3f} GiB)", file=sys.stderr)
 

@@ -1,6 +1,7 @@
 """Not a test: the LoRA-vs-full measurement in docs/benchmarks.md.
 
   python tests/lora/bench_lora_vs_full.py --mode=full|lora [--steps=60] [--lr=...] [--rank=16]
+      [--base_quantization=none|int8|int4|nf4 (QLoRA, blocks of --block=64)]
 
 configs/quickstart.py (SmolLM2-135M-Instruct, synthetic tasks, packed 96-token rows, batch 4),
 trained by the trainer's own state and jitted step (`jaxift.train.state.build`), then exact match
@@ -34,6 +35,8 @@ def main():
   p.add_argument("--lr", type=float, default=0.0)
   p.add_argument("--rank", type=int, default=16)
   p.add_argument("--alpha", type=float, default=32.0)
+  p.add_argument("--base_quantization", default="none", help="QLoRA: the frozen base's scheme")
+  p.add_argument("--block", type=int, default=64)
   p.add_argument("--before", action="store_true", help="also measure exact match before training")
   args = p.parse_args()
 
@@ -47,7 +50,9 @@ def main():
   if args.mode == "lora":
     config.lora.enabled, config.lora.rank, config.lora.alpha = True, args.rank, args.alpha
     config.train.freeze_regex = ""
-    out.update(rank=args.rank, alpha=args.alpha)
+    config.lora.base_quantization = args.base_quantization
+    config.lora.quantization_block_size = args.block
+    out.update(rank=args.rank, alpha=args.alpha, base_quantization=args.base_quantization)
   tokenizer = load_tokenizer(config.model.path)
   state = state_lib.build(config, sharding.make_mesh((1, -1, 1)), args.steps)
   if args.before:
