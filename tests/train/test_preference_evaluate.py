@@ -52,10 +52,14 @@ def _numpy_logps_accuracy(model, config, tokenizer) -> tuple[float, int]:
   return wins / pairs, pairs
 
 
-@pytest.mark.parametrize("lora", [True, False], ids=["lora", "full"])
-def test_evaluate_preference_metrics_on_test_pairs(tiny_config, pairs_file, tmp_path, lora):
+@pytest.mark.parametrize("objective,lora", [("dpo", True), ("dpo", False), ("orpo", False)],
+                         ids=["dpo-lora", "dpo-full", "orpo-full"])
+def test_evaluate_preference_metrics_on_test_pairs(tiny_config, pairs_file, tmp_path, objective,
+                                                   lora):
+  """DPO with LoRA (reference: adapters off), full-fine-tuning DPO (the rebuilt initial model) and
+  ORPO (reference-free; the state built abstract, only the checkpoint read)."""
   c = tiny_config(data=pairs_file, steps=3)
-  c.train.objective, c.preference.beta, c.evals.generation = "dpo", 0.5, ""
+  c.train.objective, c.preference.beta, c.evals.generation = objective, 0.5, ""
   c.eval.preference_split = "test"  # the trainer's own evaluation of the final params: the target
   c.eval.batch_size, c.eval.max_batches = 4, 0
   c.optimizer.lr = 1e-2  # move the policy away from the reference: rewards are not 0
@@ -67,7 +71,7 @@ def test_evaluate_preference_metrics_on_test_pairs(tiny_config, pairs_file, tmp_
   assert trainer["step"] == 3 and trainer["rewards/margins"] != 0
 
   got = evaluate_tool.workdir_preference_metrics(tmp_path, 3, batch_size=4)
-  assert got["preference_objective"] == "dpo" and got["preference_pairs"] == trainer["pairs"]
+  assert got["preference_objective"] == objective and got["preference_pairs"] == trainer["pairs"]
   assert got["preference_loss"] == pytest.approx(trainer["loss"], abs=1e-6)
   for key in TRL_KEYS:
     assert got[key] == pytest.approx(trainer[key], abs=1e-5), key
