@@ -1,7 +1,7 @@
-"""`tools/evaluate.py`'s preference metrics on a tiny DPO run's TEST pairs: equal to what the trainer's
-own `preference` evaluator reported for the same parameters on the same split, and `logps/accuracy`
-equal to a numpy recomputation from the restored model's logits (per-sequence masked log-prob
-sums of each pair's chosen and rejected rows)."""
+"""`tools/evaluate.py`'s preference metrics on a tiny run's TEST pairs: equal to what the
+trainer's own `preference` evaluator reported for the same parameters on the same split, and
+`logps/accuracy` equal to a numpy recomputation from the restored model's logits (per-sequence
+masked log-prob sums of each pair's chosen and rejected rows)."""
 import json
 import sys
 
