@@ -6,7 +6,8 @@ model given by path):
   responses.jsonl   one line per test record: instruction, input, reference, response (+ per-example
                     exact_match, rouge_l, judge_score, judge_answer when a judge ran)
   multiple_choice.jsonl   per-question log-likelihoods and predictions (with --multiple_choice)
-  summary.json      every number of the summary table
+  summary.json      every number of the summary table (with a preference run: the TRL-named
+                    preference metrics of its test pairs, `logps/accuracy`, `rewards/...`)
   lm_eval/results.json    lm-evaluation-harness' results (when the caller passes `lm_eval_fn`)
 Files are written to a temporary name, then renamed, so nothing is ever half-written; every path
 goes through etils.epath, so a gs:// workdir's results land in the bucket.
@@ -23,7 +24,7 @@ import ml_collections
 
 from jaxift import fileio
 from jaxift import workdir as workdir_lib
-from jaxift.data import pipeline, sources, tokenize
+from jaxift.data import pipeline, preference, sources, tokenize
 from jaxift.data.config import default_data_config
 from jaxift.data.tokenizers import load_tokenizer
 from jaxift.infer import judge as judge_lib
@@ -34,6 +35,10 @@ from jaxift.model.config import default_model_config
 
 # (model, tokenizer, output folder) -> {metric name: value}, e.g. lm-evaluation-harness tasks.
 ExtraEvalFn = Callable[[nnx.Module, Any, epath.Path], dict[str, Any]]
+# The checkpoint step evaluated (None for a pretrained model) -> {metric name: value}: the
+# preference metrics of the test pairs, which need the trainer's state (its reference model), so
+# the caller (tools/evaluate.py, which may import the trainer) supplies them.
+PreferenceFn = Callable[[int | None], dict[str, Any]]
 
 
 # ------------------------------------------------------------------------------------------- files
@@ -240,13 +245,16 @@ def evaluate(workdir: str | epath.Path | None = None, *, step: str | int = "late
              pairwise_against: str = "reference",
              multiple_choice_file: str | epath.Path | None = None,
              multiple_choice_prompt: str = "plain", lm_eval_fn: ExtraEvalFn | None = None,
-             print_fn=print) -> dict[str, Any]:
+             preference_fn: PreferenceFn | None = None, print_fn=print) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir`, or the pretrained model at `model_path` (an HF
   directory or a .gguf; its test data, if any, from `test_files`); returns the summary (also saved
   as summary.json).
 
   `pairwise_judge` compares each response with what `pairwise_against` names (see
-  `pairwise_references`) in both orders (`judge.pairwise_win_rate`).
+  `pairwise_references`) in both orders (`judge.pairwise_win_rate`). `preference_fn(step)`'s
+  metrics (the test pairs' `logps/accuracy`, `rewards/...`) join the summary when given. With
+  preference pairs (`data.pairs`) the SFT test loss is not computed (the objective's loss is the
+  preference metrics' `preference_loss`) and responses are scored against the chosen response.
   Raises judge.JudgeUnreachableError AFTER writing every file when the judge stopped answering
   (responses.jsonl then holds the judge scores obtained so far).
   """
@@ -257,6 +265,7 @@ def evaluate(workdir: str | epath.Path | None = None, *, step: str | int = "late
       raise ValueError("a pretrained model_path needs an output_dir")
     model, tokenizer = load_pretrained(model_path)
     config = pretrained_config(tokenizer, test_files=test_files, template=template)
+    config.data.pairs = preference_fn is not None  # preference metrics read the test files as pairs
     out = epath.Path(output_dir)
     summary: dict[str, Any] = {"model_path": str(model_path)}
     has_test_data = bool(test_files)
@@ -266,10 +275,15 @@ def evaluate(workdir: str | epath.Path | None = None, *, step: str | int = "late
     out = epath.Path(output_dir) if output_dir else workdir_lib.eval_dir(workdir, resolved)
     summary = {"workdir": str(workdir), "step": resolved}
     has_test_data = True
+  if preference_fn is not None:
+    summary.update(preference_fn(None if model_path is not None else summary["step"]))
+  pairs = bool(config.data.get("pairs", False))
   if has_test_data:
-    if compute_loss:
+    if compute_loss and not pairs:  # a preference run's loss is preference_fn's preference_loss
       summary.update(test_loss(model, tokenizer, config, batch_size=batch_size))
     records = sources.load_records(config.data, "test", limit=max_examples)
+    if pairs:  # generate for each pair's prompt; the reference answer is the chosen response
+      records = [preference.split_pair(r, f"test record {i}")[0] for i, r in enumerate(records)]
     entries = generate_responses(model, tokenizer, config, records,
                                  max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,

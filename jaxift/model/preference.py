@@ -21,9 +21,12 @@ divides by the number of pairs (and chosen tokens) of the whole global batch, kn
 """
 from typing import Any
 
+from flax import nnx
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from jaxift.model import loss as loss_lib
 
 OBJECTIVES = ("sft", "dpo", "orpo", "simpo")
 REFERENCE_OBJECTIVES = ("dpo",)  # the objectives that read a reference model
@@ -56,11 +59,13 @@ def token_logps(logits_BxTxV: jax.Array, targets_BxT: jax.Array) -> jax.Array:
   return target_logit - jax.nn.logsumexp(logits_BxTxV, axis=-1)
 
 
-def sequence_sums(logps_BxT: jax.Array, weights_BxT: jax.Array,
-                  segment_ids_BxT: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """(masked log-prob sums, trained-token counts), each [B, T + 1] indexed by (row, segment id)."""
+def sequence_sums(logps_BxT: jax.Array, weights_BxT: jax.Array, segment_ids_BxT: jax.Array,
+                  num_segments: int | None = None) -> tuple[jax.Array, jax.Array]:
+  """(masked log-prob sums, trained-token counts), each [B, S] indexed by (row, segment id);
+  S = T + 1 by default (segment ids are at most T, one token each); a chunk of a longer row passes
+  its row's T + 1."""
   b, t = logps_BxT.shape
-  s = t + 1  # segment ids are at most T (one token each)
+  s = t + 1 if num_segments is None else num_segments
   index = (jnp.arange(b)[:, None] * s + segment_ids_BxT).reshape(-1)
   w = weights_BxT.astype(jnp.float32)
   logp = jax.ops.segment_sum((w * logps_BxT).reshape(-1), index, num_segments=b * s)
@@ -161,8 +166,46 @@ def summarize(sums: dict[str, Any]) -> dict[str, float]:
   return out
 
 
-def forward_pair_sums(model, batch: dict[str, jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Per-sequence (log-prob sums, counts) [2B, T + 1] of a pair batch under `model`."""
-  logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
-  return sequence_sums(token_logps(logits_BxTxV, batch["targets"]), batch["weights"],
-                       batch["segment_ids"])
+def forward_pair_sums(model, batch: dict[str, jax.Array],
+                      loss_chunk: int = 0) -> tuple[jax.Array, jax.Array]:
+  """Per-sequence (log-prob sums, counts) [2B, T + 1] of a pair batch under `model`; past
+  `loss_chunk` tokens a row's logits are made `loss_chunk` positions at a time
+  (`train.loss_chunk_size`, as the SFT loss's `loss.chunked_forward_sums`)."""
+  if not loss_chunk or batch["inputs"].shape[1] <= loss_chunk:
+    logits_BxTxV = model(batch["inputs"], batch["positions"], batch["segment_ids"])
+    return sequence_sums(token_logps(logits_BxTxV, batch["targets"]), batch["weights"],
+                         batch["segment_ids"])
+  return chunked_forward_pair_sums(model, batch, chunk_size=loss_chunk)
+
+
+def chunked_forward_pair_sums(model, batch: dict[str, jax.Array], *,
+                              chunk_size: int) -> tuple[jax.Array, jax.Array]:
+  """`forward_pair_sums` without the full [2B, T, V] logits: a `lax.scan` over chunks of
+  `chunk_size` positions adds each chunk's per-(row, segment) sums into [2B, T + 1] (a sequence may
+  span chunks); `jax.checkpoint` on a chunk makes the backward pass recompute its logits instead
+  of storing them. Peak logits memory: 2B * chunk_size * vocab * 4 bytes."""
+  if chunk_size <= 0:
+    raise ValueError(f"loss chunk_size must be > 0, got {chunk_size}")
+  b, t = batch["inputs"].shape
+  graphdef, state = nnx.split(model)
+  hidden_BxTxD = model.hidden(batch["inputs"], batch["positions"], batch["segment_ids"])
+  pad = loss_lib._pad_to_chunks  # pylint: disable=protected-access  (the SFT path's chunking)
+  xs = (pad(hidden_BxTxD, chunk_size), pad(batch["targets"], chunk_size),
+        pad(batch["weights"].astype(jnp.float32), chunk_size),
+        pad(batch["segment_ids"], chunk_size))  # padded positions: weight 0, segment 0
+
+  # The model state is an explicit argument (not a closure) so checkpoint/scan see it as an input
+  # whose gradient (the LM head's) they accumulate over chunks.
+  @jax.checkpoint
+  def chunk_sums(state, hidden_BxKxD, targets_BxK, weights_BxK, segment_ids_BxK):
+    logits_BxKxV = nnx.merge(graphdef, state).logits_from_hidden(hidden_BxKxD)
+    return sequence_sums(token_logps(logits_BxKxV, targets_BxK), weights_BxK, segment_ids_BxK,
+                         num_segments=t + 1)
+
+  def body(acc, chunk):
+    logp, count = chunk_sums(state, *chunk)
+    return (acc[0] + logp, acc[1] + count), None
+
+  zeros = jnp.zeros((b, t + 1), jnp.float32)
+  (logp_BxS, count_BxS), _ = jax.lax.scan(body, (zeros, zeros), xs)
+  return logp_BxS, count_BxS

@@ -9,18 +9,41 @@ saves it.
       --pairwise_judge --multiple_choice=mmlu_sample.jsonl --output_dir=runs/qs/eval_1200
   python -m jaxift.tools.evaluate --model_path=SmolLM2-135M-Instruct.gguf --output_dir=baseline \\
       --lm_eval_tasks=hellaswag,arc_easy --lm_eval_limit=200      # the baseline, no run needed
+  python -m jaxift.tools.evaluate --workdir=runs/smollm2_dpo --checkpoint=latest  # + preference
+  python -m jaxift.tools.evaluate --model_path=SmolLM2-135M-Instruct.gguf --output_dir=base_pref \\
+      --test_files=instruction-data-with-preference.json --preference_metrics   # logps/accuracy
+
+Preference metrics (`--preference_metrics`, on by default for a run whose train.objective is not
+'sft'): the run's objective, loss and TRL-named metrics (`rewards/chosen`, `rewards/rejected`,
+`rewards/margins`, `rewards/accuracies`, `logps/chosen`, `logps/rejected`) over the TEST pairs, plus
+`logps/accuracy` (the share of pairs whose chosen response has the higher summed log-prob under
+the policy), computed by the trainer's own preference evaluation step with the run's reference
+model (LoRA: the base with adapters off; full fine-tuning: the pretrained model of
+config.model.path). For a pretrained --model_path, --test_files is read as preference pairs and the
+reference is the model itself (its DPO rewards are 0; `logps/accuracy` is the number to read).
 
 Exit status: 0 ok; 1 the judge became unreachable (everything obtained is saved); 2 bad input
 (no checkpoints, unknown step, unreadable file).
 """
 import os
 import sys
+from typing import Any
 
 from absl import flags
+from etils import epath
+import jax
+import ml_collections
 
 from jaxift import tools
+from jaxift import workdir as workdir_lib
+from jaxift.data.tokenizers import load_tokenizer
 from jaxift.infer import evaluate as evaluate_lib
 from jaxift.infer import judge as judge_lib
+from jaxift.model import lora as lora_lib
+from jaxift.model import sharding
+from jaxift.train import config as train_config
+from jaxift.train import evals as evals_lib
+from jaxift.train import state as state_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (holds checkpoints/).")
 _MODEL_PATH = flags.DEFINE_string(
@@ -75,6 +98,15 @@ _LM_EVAL_FEWSHOT = flags.DEFINE_integer("lm_eval_num_fewshot", None, "Few-shot e
 _LM_EVAL_MAX_LENGTH = flags.DEFINE_integer("lm_eval_max_length", None, "Context length "
                                            "(default: the model's max_position_embeddings).")
 _LM_EVAL_MAX_GEN = flags.DEFINE_integer("lm_eval_max_gen_toks", 256, "generate_until limit.")
+_PREFERENCE = flags.DEFINE_bool(
+    "preference_metrics", None, "Preference metrics of the test pairs (logps/accuracy, "
+    "rewards/...). Default: on for a run whose train.objective is not 'sft', off for a "
+    "--model_path (on: --test_files is read as preference pairs).")
+_PREFERENCE_OBJECTIVE = flags.DEFINE_enum(
+    "preference_objective", "dpo", ["dpo", "orpo", "simpo"],
+    "With --model_path: the objective whose loss and rewards are reported (beta: "
+    "--preference_beta).")
+_PREFERENCE_BETA = flags.DEFINE_float("preference_beta", 0.1, "With --model_path: beta.")
 
 
 def _lm_eval_fn():
@@ -96,6 +128,110 @@ def _lm_eval_fn():
   return run
 
 
+# ------------------------------------------------------------------------------ preference metrics
+def _single_device_mesh() -> jax.sharding.Mesh:
+  """One device, as `load_for_inference` places a model: a run trained on a pod evaluates here."""
+  return sharding.make_mesh((1,) * len(sharding.MESH_AXES), devices=jax.devices()[:1])
+
+
+def preference_report(metrics: dict[str, float] | None, objective: str) -> dict[str, Any]:
+  """The summary's entries: TRL's names unchanged, the objective's loss as `preference_loss`."""
+  if metrics is None:
+    raise ValueError("the test split holds no preference pairs: cannot compute preference "
+                     "metrics (pass --nopreference_metrics, or give test pairs)")
+  out: dict[str, Any] = {"preference_objective": objective,
+                         "preference_pairs": int(metrics.pop("pairs")),
+                         "preference_loss": metrics.pop("loss")}
+  nll = metrics.pop("nll_loss")
+  if objective == "orpo":
+    out["preference_nll_loss"] = nll
+  return {**out, **metrics}
+
+
+def workdir_preference_metrics(workdir: str | epath.Path, step: int, *,
+                               batch_size: int = 8) -> dict[str, Any]:
+  """The preference metrics of checkpoint `step` of a preference run over its TEST pairs.
+
+  The state is the trainer's (`state.build`), so the reference is the one the run trained
+  against: LoRA rebuilds the base (the reference is it with adapters off); a full-fine-tuning DPO
+  run rebuilds its initial model from config.model.path as its frozen reference (and, as `build`
+  does, the optimizer moments: about 4x the parameters at the peak); a full-fine-tuning ORPO/SimPO
+  run reads nothing but the checkpoint. `batch_size` counts pairs."""
+  config = train_config.apply_objective(workdir_lib.load_config(workdir))
+  objective = str(config.train.objective)
+  if objective == "sft":
+    raise ValueError(f"{workdir} is an SFT run (train.objective='sft'): it has no preference "
+                     "metrics; pass --nopreference_metrics")
+  rebuild = lora_lib.enabled(config) or state_lib.needs_frozen_reference(config)
+  state = state_lib.build(config, _single_device_mesh(), total_steps=1, abstract_hf=(
+      None if rebuild else workdir_lib.load_model_config(workdir)))
+  checkpointer = workdir_lib.Checkpointer(workdir, read_only=True, async_save=False)
+  try:
+    restored = checkpointer.restore(step, abstract_params=workdir_lib.abstract_like(state.params))
+  finally:
+    checkpointer.close()
+  state.params, state.opt_state = restored["params"], None  # evaluation needs no moments
+  tokenizer = load_tokenizer(str(epath.Path(workdir) / workdir_lib.TOKENIZER_DIR))
+  metrics = evals_lib.preference_metrics(config, tokenizer, state, state.params, split="test",
+                                         rows=batch_size, max_batches=0)
+  return preference_report(metrics, objective)
+
+
+def pretrained_preference_config(model_path: str, test_files: str, *, template: str | None,
+                                 objective: str = "dpo",
+                                 beta: float = 0.1) -> ml_collections.ConfigDict:
+  """A trainer config reading `test_files` as the test pairs of the pretrained `model_path`.
+
+  The policy is the model itself. It is held once: a rank-1 LoRA whose B starts at 0 leaves the
+  model unchanged, and the reference of a LoRA run is the base with adapters off, so policy and
+  reference are the same function (DPO rewards 0, loss log 2) without a second copy."""
+  if not test_files:
+    raise ValueError("--preference_metrics with --model_path needs --test_files (preference "
+                     "records with chosen and rejected)")
+  config = train_config.base_config()
+  config.model.path = str(model_path)
+  config.data.test_files = test_files
+  config.data.template = template or ("tokenizer" if getattr(
+      load_tokenizer(str(model_path)), "chat_template", None) else "alpaca")
+  config.train.objective = objective
+  config.preference.beta = beta
+  lora_lib.enable(config.lora, rank=1, alpha=1.0, dropout=0.0, targets="all")
+  return train_config.apply_objective(config)
+
+
+def model_path_preference_metrics(config: ml_collections.ConfigDict, *,
+                                  batch_size: int = 8) -> dict[str, Any]:
+  """The preference metrics of a pretrained model (`pretrained_preference_config`) on its test
+  pairs."""
+  state = state_lib.build(config, _single_device_mesh(), total_steps=1)
+  state.opt_state = None
+  tokenizer = load_tokenizer(str(config.model.path))
+  metrics = evals_lib.preference_metrics(config, tokenizer, state, state.params, split="test",
+                                         rows=batch_size, max_batches=0)
+  return preference_report(metrics, str(config.train.objective))
+
+
+def _preference_fn():
+  """The preference step for `evaluate_lib.evaluate`, or None (see --preference_metrics)."""
+  wanted = _PREFERENCE.value
+  if _MODEL_PATH.value:
+    if not wanted:
+      return None
+    config = pretrained_preference_config(
+        _MODEL_PATH.value, _TEST_FILES.value, template=_TEMPLATE.value,
+        objective=_PREFERENCE_OBJECTIVE.value, beta=_PREFERENCE_BETA.value)
+    return lambda step: model_path_preference_metrics(config, batch_size=_BATCH_SIZE.value)
+  if not _WORKDIR.value:
+    return None
+  if wanted is None:
+    config = workdir_lib.load_config(_WORKDIR.value)
+    wanted = str(config.train.get("objective", "sft")) != "sft"
+  if not wanted:
+    return None
+  return lambda step: workdir_preference_metrics(_WORKDIR.value, step,
+                                                 batch_size=_BATCH_SIZE.value)
+
+
 def main(argv):
   del argv
   client = None
@@ -115,7 +251,8 @@ def main(argv):
         judge=client if _JUDGE_SCORES.value else None, judge_concurrency=_JUDGE_CONCURRENCY.value,
         pairwise_judge=client if _PAIRWISE.value else None,
         pairwise_against=_PAIRWISE_AGAINST.value, multiple_choice_file=_MC.value,
-        multiple_choice_prompt=_MC_PROMPT.value, lm_eval_fn=_lm_eval_fn())
+        multiple_choice_prompt=_MC_PROMPT.value, lm_eval_fn=_lm_eval_fn(),
+        preference_fn=_preference_fn())
   except judge_lib.JudgeUnreachableError as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

@@ -14,6 +14,13 @@ and scales, `frozen_bytes_per_device`), and the trainer's jitted
 train step is lowered and compiled (`.lower(...).compile().memory_analysis()`). The numbers are per
 device (one SPMD partition).
 
+Preference objectives (`train.objective` dpo/orpo/simpo): `train.global_batch_size` counts pairs,
+so the step is sized on twice as many rows; a full-fine-tuning DPO step takes its frozen reference
+copy as an argument (`reference_bytes_per_device`). `--preference_reference` sizes the two ways to
+give full fine-tuning DPO its reference (docs/training.md "Preference tuning"): the frozen, sharded
+copy (the DPO step as built), against a pre-pass storing the reference log-probs with the data
+(`preference_reference_options`).
+
 `--devices=N` compiles for N devices on whatever backend this machine has; on a CPU-only machine it
 re-runs itself in a subprocess with N fake CPU devices (XLA_FLAGS), so a laptop can size a slice.
 The CPU compiler fuses and lays out differently from the TPU/GPU ones: treat CPU numbers as an
@@ -54,6 +61,8 @@ def define_flags() -> None:
                                f"({', '.join(sorted(SHAPES))}) instead of the config's "
                                "model.path / model.hf_config.")
   flags.DEFINE_string("out", "", "Also write the JSON here (atomically).")
+  flags.DEFINE_integer("preference_reference", 0, "> 0: size full-fine-tuning DPO's reference "
+                       "both ways (a frozen copy vs a pre-pass of this many pairs' log-probs).")
 
 
 def leaf_bytes_per_device(abstract) -> int:
@@ -72,7 +81,10 @@ def estimate(config, seq_len: int = 0) -> dict:
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
   total_steps = int(config.train.num_steps) if config.train.num_steps > 0 else 1000
   state = state_lib.build(config, mesh, total_steps, abstract_hf=loading.architecture(config.model))
-  rows, t = int(config.train.global_batch_size), int(seq_len or config.data.max_seq_length)
+  objective = str(config.train.get("objective", "sft"))
+  pairs = objective != "sft"  # global_batch_size counts pairs: two rows each
+  rows = int(config.train.global_batch_size) * (2 if pairs else 1)
+  t = int(seq_len or config.data.max_seq_length)
   batch = state.abstract_batch(rows, t)
   step = jax.ShapeDtypeStruct((), np.int32, sharding=state.replicated)
 
@@ -90,6 +102,7 @@ def estimate(config, seq_len: int = 0) -> dict:
       "num_devices": mesh.size,
       "mesh": dict(mesh.shape),
       "global_batch": rows,
+      "objective": objective,
       "seq_len": t,
       "model": {k: config.model.get(k) for k in ("dtype", "param_dtype", "scan_layers",
                                                  "remat_policy", "attention")},
@@ -102,6 +115,8 @@ def estimate(config, seq_len: int = 0) -> dict:
       "params_bytes_per_device": leaf_bytes_per_device(state.params),
       "frozen_bytes_per_device": leaf_bytes_per_device(state.rest),
       "opt_state_bytes_per_device": leaf_bytes_per_device(state.opt_state),
+      "reference_bytes_per_device": (0 if state.ref_params is None else
+                                     leaf_bytes_per_device(state.ref_params)),
       "batch_bytes_per_device": leaf_bytes_per_device(batch),
       "argument_bytes": arg,
       "output_bytes": out,
@@ -112,6 +127,36 @@ def estimate(config, seq_len: int = 0) -> dict:
       "peak_bytes_per_device": arg + out - alias + temp,
       "compile_s": round(compile_s, 2),
   }
+
+
+# A pre-pass stores each pair's reference log-prob sums (chosen, rejected) as two float32s.
+PREPASS_BYTES_PER_PAIR = 8
+
+
+def preference_reference_options(config, seq_len: int = 0, dataset_pairs: int = 0) -> dict:
+  """Full-fine-tuning DPO's reference, sized both ways on the devices here.
+
+  frozen_copy: the DPO train step as the trainer builds it (the frozen copy of the parameters is a
+  step argument, and the step runs the reference forward). prepass: the same step with the
+  reference log-probs read from the data instead; its compiled step is the SimPO step's (the same
+  policy forward and backward, no reference argument and no reference forward: the two differ only
+  in per-pair scalar arithmetic), plus the stored log-probs: 8 bytes per pair of the dataset (on
+  the host with the data) and per pair of the batch (on the device)."""
+  def sized(objective: str) -> dict:
+    c = config.copy_and_resolve_references()
+    with c.unlocked():
+      c.train.objective, c.lora.enabled = objective, False
+    return estimate(c, seq_len)
+
+  frozen, prepass = sized("dpo"), sized("simpo")
+  batch_extra = PREPASS_BYTES_PER_PAIR * int(config.train.global_batch_size)
+  prepass["batch_bytes_per_device"] += batch_extra // frozen["num_devices"]
+  prepass["peak_bytes_per_device"] += batch_extra // frozen["num_devices"]
+  return {"frozen_copy": frozen, "prepass": prepass,
+          "prepass_dataset_pairs": dataset_pairs,
+          "prepass_dataset_bytes": PREPASS_BYTES_PER_PAIR * dataset_pairs,
+          "frozen_copy_extra_peak_bytes_per_device": (frozen["peak_bytes_per_device"]
+                                                      - prepass["peak_bytes_per_device"])}
 
 
 def _run_child(devices: int) -> int:
@@ -141,8 +186,12 @@ def main(argv) -> None:
       raise app.UsageError(f"--shape={FLAGS.shape!r} is unknown; choose one of {sorted(SHAPES)}")
     with config.unlocked():
       config.model.path, config.model.hf_config = "", SHAPES[FLAGS.shape]
-  report = estimate(config, FLAGS.seq_len)
-  text = json.dumps(report, indent=1)
+  if FLAGS.preference_reference:
+    options = preference_reference_options(config, FLAGS.seq_len, FLAGS.preference_reference)
+    report = options["frozen_copy"]
+  else:
+    options, report = None, estimate(config, FLAGS.seq_len)
+  text = json.dumps(options or report, indent=1)
   if FLAGS.out:
     fileio.write_text(FLAGS.out, text + "\n")
   print(text, flush=True)
@@ -153,6 +202,12 @@ def main(argv) -> None:
         f"{report['frozen_bytes_per_device'] / gib:.3f}, optimizer "
         f"{report['opt_state_bytes_per_device'] / gib:.3f}, temporaries "
         f"{report['temp_bytes'] / gib:.3f} GiB)", file=sys.stderr)
+  if options:
+    print(f"DPO reference: frozen copy peak {report['peak_bytes_per_device'] / gib:.3f} GiB per "
+          f"device (copy {report['reference_bytes_per_device'] / gib:.3f}); pre-pass peak "
+          f"{options['prepass']['peak_bytes_per_device'] / gib:.3f} GiB per device + "
+          f"{options['prepass_dataset_bytes'] / 2**20:.2f} MiB of stored log-probs for "
+          f"{options['prepass_dataset_pairs']} pairs", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -175,9 +175,6 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
   objective = pref_lib.check_objective(str(config.train.get("objective", "sft")))
   ref_params, preference_eval_step = None, None
   if objective != "sft":
-    if loss_chunk:
-      raise ValueError(f"train.loss_chunk_size={loss_chunk} is not supported with "
-                       f"train.objective={objective!r}; set it to 0")
     if needs_frozen_reference(config):  # a frozen, sharded copy of the initial parameters
       ref_params = (_abstract(params, param_shardings) if abstract_hf is not None else
                     jax.jit(lambda p: jax.tree.map(jnp.copy, p),
@@ -189,13 +186,14 @@ def build(config: ml_collections.ConfigDict, mesh: Mesh, total_steps: int, *,
             graphdef, tx, opt_lib.trainable_mask(params, config.train.freeze_regex),
             objective=objective, options=options, accum=int(config.train.grad_accum_steps),
             schedule=schedule, micro_batch_sharding=NamedSharding(mesh, P(None, BATCH_AXES)),
-            dropout_seed=int(config.train.seed) if use_dropout else None),
+            loss_chunk=loss_chunk, dropout_seed=int(config.train.seed) if use_dropout else None),
         in_shardings=(param_shardings, opt_shardings, rest_shardings, ref_shardings, replicated,
                       batch_sharding),
         out_shardings=(param_shardings, opt_shardings, replicated),
         donate_argnums=(0, 1)), ref_params, ref_at=3)
     preference_eval_step = _WithReference(jax.jit(
-        step_lib.make_preference_eval_step(graphdef, objective=objective, options=options),
+        step_lib.make_preference_eval_step(graphdef, objective=objective, options=options,
+                                           loss_chunk=loss_chunk),
         in_shardings=(param_shardings, rest_shardings, ref_shardings, batch_sharding),
         out_shardings=replicated), ref_params, ref_at=2)
   return TrainState(mesh=mesh, model_cfg=model_cfg, graphdef=graphdef, params=params,

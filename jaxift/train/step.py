@@ -161,14 +161,14 @@ def reference_params(params: Any, ref_params: Any) -> Any:
   return jax.tree.map(jnp.zeros_like, params)
 
 
-def _pair_forward(graphdef, params, rest, batch):
-  return pref_lib.forward_pair_sums(nnx.merge(graphdef, params, rest), batch)
+def _pair_forward(graphdef, params, rest, batch, loss_chunk: int = 0):
+  return pref_lib.forward_pair_sums(nnx.merge(graphdef, params, rest), batch, loss_chunk)
 
 
 def make_preference_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransformation,
                                trainable: Any, *, objective: str, options: Any, accum: int = 1,
                                schedule: optax.Schedule | None = None,
-                               micro_batch_sharding: Any = None,
+                               micro_batch_sharding: Any = None, loss_chunk: int = 0,
                                dropout_seed: int | None = None) -> Callable:
   """(params, opt_state, rest, ref_params, step, batch) -> (params, opt_state, metrics) for a
   preference objective. The objective is the mean over the pairs of the GLOBAL batch (and, for
@@ -179,11 +179,11 @@ def make_preference_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransfo
   uses_reference = objective in pref_lib.REFERENCE_OBJECTIVES
 
   def micro_objective(params, rest, ref, micro: Batch, normalizers):
-    logps, counts = _pair_forward(graphdef, params, rest, micro)
+    logps, counts = _pair_forward(graphdef, params, rest, micro, loss_chunk)
     ref_logps = None
     if uses_reference:
       with lora.dropout_rng(None):  # the reference is deterministic
-        ref_logps, _ = _pair_forward(graphdef, ref, rest, micro)
+        ref_logps, _ = _pair_forward(graphdef, ref, rest, micro, loss_chunk)
       ref_logps = jax.lax.stop_gradient(ref_logps)
     sums = pref_lib.pair_sums(objective, options, logps, counts, ref_logps)
     return pref_lib.objective_value(sums, normalizers), sums
@@ -224,17 +224,18 @@ def make_preference_train_step(graphdef: nnx.GraphDef, tx: optax.GradientTransfo
   return train_step
 
 
-def make_preference_eval_step(graphdef: nnx.GraphDef, *, objective: str,
-                              options: Any) -> Callable:
+def make_preference_eval_step(graphdef: nnx.GraphDef, *, objective: str, options: Any,
+                              loss_chunk: int = 0) -> Callable:
   """(params, rest, ref_params, batch) -> pair sums of the batch (`preference.summarize` them).
   For reference-free objectives the reference (base) log-probs are not computed."""
   uses_reference = objective in pref_lib.REFERENCE_OBJECTIVES
 
   def eval_step(params, rest, ref_params, batch: Batch):
-    logps, counts = _pair_forward(graphdef, params, rest, batch)
+    logps, counts = _pair_forward(graphdef, params, rest, batch, loss_chunk)
     ref_logps = None
     if uses_reference:
-      ref_logps, _ = _pair_forward(graphdef, reference_params(params, ref_params), rest, batch)
+      ref_logps, _ = _pair_forward(graphdef, reference_params(params, ref_params), rest, batch,
+                                   loss_chunk)
     return pref_lib.pair_sums(objective, options, logps, counts, ref_logps)
 
   return eval_step

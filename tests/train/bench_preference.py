@@ -3,7 +3,8 @@ chapter 7's instruction-data-with-preference.json, its 110-pair test split (85/5
 logps/accuracy before; rewards/accuracies, rewards/margins, logps/accuracy after; the trainer's
 median step time and the process's peak RSS. `--objective=sft` times SFT at the same batch.
 
-  nice python -m tests.train.bench_preference --objective=dpo --steps=25 --workdir=/tmp/bench_dpo
+  flock /tmp/bench.lock nice python -m tests.train.bench_preference --objective=dpo --steps=16 \
+      --lr=1e-3 --workdir=/tmp/bench_dpo
 
 (docs/benchmarks.md "Preference tuning"; a CPU-sized run, not a tuned recipe.)
 """

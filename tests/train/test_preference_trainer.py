@@ -77,6 +77,25 @@ def test_accumulation_x4_equals_one_batch(tiny_config, pairs_file, tmp_path):
       assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-6), (key, step)
 
 
+def test_loss_chunk_size_equals_plain(tiny_config, pairs_file, tmp_path):
+  """train.loss_chunk_size=32 on rows of 80 tokens (chunks 32 + 32 + 16): the trainer's DPO step
+  (policy and frozen reference chunked) and validation give the plain run's numbers."""
+  plain = _config(tiny_config, pairs_file, steps=2)
+  train_and_evaluate(plain, str(tmp_path / "plain"))
+  chunked = _config(tiny_config, pairs_file, steps=2)
+  chunked.train.loss_chunk_size = 32
+  train_and_evaluate(chunked, str(tmp_path / "chunked"))
+  for key in ("loss", "rewards/margins", "logps/chosen", "grad_norm"):
+    want, got = train_records(tmp_path / "plain", key), train_records(tmp_path / "chunked", key)
+    assert sorted(got) == [1, 2]
+    for step in want:
+      assert got[step] == pytest.approx(want[step], rel=1e-5, abs=1e-5), (key, step)
+  want, got = _records(tmp_path / "plain", "validation"), _records(tmp_path / "chunked",
+                                                                   "validation")
+  for key in ("loss", "logps/chosen", "rewards/margins"):
+    assert got[-1][key] == pytest.approx(want[-1][key], rel=1e-5, abs=1e-5), key
+
+
 def test_full_finetune_dpo_resume_is_exact(tiny_config, pairs_file, tmp_path):
   straight = _config(tiny_config, pairs_file, steps=4)
   train_and_evaluate(straight, str(tmp_path / "straight"))
