@@ -170,11 +170,16 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
                ) -> tuple[jax.Array, LayerCache | None]:
-    y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv, layer)
+    # Named scopes tag the compiled ops for the per-op profile (jaxift.tools.profile_step).
+    normed_BxTxD = self.attn_norm(x_BxTxD)
+    with jax.named_scope("attention"):
+      y_BxTxD, kv = self.attn(normed_BxTxD, rope, segment_ids_BxT, kv, layer)
     if self.post_norms:
       y_BxTxD = self.post_attn_norm(y_BxTxD)
     x_BxTxD = x_BxTxD + y_BxTxD
-    y_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+    normed_BxTxD = self.mlp_norm(x_BxTxD)
+    with jax.named_scope("mlp"):
+      y_BxTxD = self.mlp(normed_BxTxD)
     if self.post_norms:
       y_BxTxD = self.post_mlp_norm(y_BxTxD)
     return x_BxTxD + y_BxTxD, kv
@@ -222,6 +227,7 @@ class Decoder(nnx.Module):
     return KVCache.empty(self.cfg, batch, max_len, self.dtype)
 
   # ---- forward -----------------------------------------------------------------------------------
+  @jax.named_scope("embed")
   def _embed(self, inputs_BxT, positions_BxT):
     x_BxTxD = self.embed.embedding[...][inputs_BxT].astype(self.dtype)
     if self.cfg.family == "gemma3":  # scaled by sqrt(hidden), rounded to the dtype (as HF)
@@ -284,6 +290,7 @@ class Decoder(nnx.Module):
     """Final-norm output [B, T, D] in the compute dtype (for a chunked loss)."""
     return self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, None, None)[0]
 
+  @jax.named_scope("logits")
   def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
     if self.cfg.tie_word_embeddings:
       kernel_VxD = self.embed.embedding[...].astype(self.dtype)

@@ -40,6 +40,7 @@ class RMSNorm(nnx.Module):
     self.eps, self.offset = eps, offset
     self.scale = (zeros if offset else ones)(rngs, (dim,), (axis_name,), param_dtype)
 
+  @jax.named_scope("norm")
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
@@ -55,6 +56,7 @@ class LayerNorm(nnx.Module):
     self.scale = ones(rngs, (dim,), ("norm",), param_dtype)
     self.bias = zeros(rngs, (dim,), ("norm",), param_dtype)
 
+  @jax.named_scope("norm")
   def __call__(self, x: jax.Array) -> jax.Array:
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)

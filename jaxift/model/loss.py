@@ -24,6 +24,7 @@ import jax.numpy as jnp
 MAX_LOSS_FOR_PERPLEXITY = 700.0
 
 
+@jax.named_scope("loss")
 def loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
               weights_BxT: jax.Array) -> dict[str, jax.Array]:
   """Sums over the batch, all float32.
