@@ -7,7 +7,8 @@ jaxift: the trainer's own compiled step (`jaxift.train.state.build`, as `jaxift.
 run once under `jax.profiler.trace`; each executed HLO op's self time is read from the trace and
 attributed through the op's metadata (`op_name`), which carries the model's named scopes
 (`embed`, `attention`, `mlp`, `norm`, `logits`, `loss`) and JAX's transform tags: `transpose(...)`
-is the backward pass, `jvp(...)` the forward, neither the optimizer update (AdamW, clipping).
+is the backward pass, the `optimizer` scope (`step.apply_update`: AdamW, clipping) the update,
+the rest the forward (with the loss metrics).
 PyTorch: one `model(...)`/`backward()`/`opt.step()` under `torch.profiler`; forward ops are
 attributed to the module they run in (hooks on the embedding, attention, MLP, norms, LM head),
 backward ops to the forward op that created their autograd node (its sequence number).
@@ -46,12 +47,11 @@ _OP_NAME = re.compile(r"^\s*(?:ROOT )?%?([\w.\-]+) = .*?metadata=\{[^}]*?op_name
 def classify_jax_op(op_name: str) -> tuple[str, str]:
   """(phase, part) of an HLO op from its `op_name` metadata, e.g.
   'jit(train_step)/transpose(jvp(attention))/dot_general' -> ('backward', 'attention')."""
-  if "transpose(" in op_name:
-    phase = "backward"
-  elif "jvp(" in op_name:
-    phase = "forward"
-  else:
-    phase = "optimizer"
+  if re.search(r"(?<![\w])optimizer(?![\w])", op_name):  # step.apply_update's scope
+    return "optimizer", "other"
+  # Forward ops that no gradient flows through (the attention mask, rotary tables) carry no
+  # jvp(...) tag: everything that is not the transpose is the forward.
+  phase = "backward" if "transpose(" in op_name else "forward"
   part = "other"
   best = -1
   for scope in _SCOPES:  # the innermost (rightmost) scope wins: 'logits' inside 'loss' is logits
