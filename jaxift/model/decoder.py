@@ -66,7 +66,7 @@ class Attention(nnx.Module):
                               axis_name="head_dim", offset=offset)
 
   def _project(self, x_BxTxD, name: str) -> jax.Array:
-    y = jnp.einsum("BTD,DNH->BTNH", x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
+    y = L.matmul_2d(x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))  # BTD,DNH
     if self.cfg.attention_bias:
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
@@ -115,7 +115,7 @@ class Attention(nnx.Module):
 
   def _output(self, out_BxTxNxH) -> jax.Array:
     """The output projection (a hook: LoRA adds its `o` adapter here)."""
-    y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
+    y_BxTxD = L.matmul_2d(out_BxTxNxH, self.o_kernel[...].astype(self.dtype), k_dims=2)  # BTNH,NHD
     if self.cfg.attention_out_bias:
       y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)
     return y_BxTxD
@@ -139,7 +139,7 @@ class Mlp(nnx.Module):
       self.down_bias = L.zeros(rngs, (d,), ("embed",), param_dtype)
 
   def _dense(self, x, name: str):
-    y = x @ getattr(self, f"{name}_kernel")[...].astype(self.dtype)
+    y = L.matmul_2d(x, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
     if self.cfg.mlp_bias:
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
@@ -294,11 +294,11 @@ class Decoder(nnx.Module):
   def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
     if self.cfg.tie_word_embeddings:
       kernel_VxD = self.embed.embedding[...].astype(self.dtype)
-      logits = jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(self.dtype), kernel_VxD,
-                          preferred_element_type=jnp.float32)
+      logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), kernel_VxD.T,
+                           preferred_element_type=jnp.float32)  # BTD,VD->BTV
     else:
-      logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(self.dtype),
-                          self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+      logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), self.lm_head[...].astype(self.dtype),
+                           preferred_element_type=jnp.float32)  # BTD,DV->BTV
     cap = self.cfg.final_logit_softcapping
     if cap is not None:
       logits = jnp.tanh(logits / cap) * cap
