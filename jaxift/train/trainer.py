@@ -406,7 +406,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     if not preempted and step > start_step:
       # The end of training (the last step, or early stopping before it): evaluations not yet
       # run at this step run now, and the final state is saved.
-      with phases.phase("evals_after"):
+      with phases.phase("evals"):  # those not already run at the last step
         validation_loss = run_evals(step, last=True)
       if validation_loss is not None:
         early.update(validation_loss, step)
