@@ -5,9 +5,11 @@ compiling them again.
 `config.train.compilation_cache` chooses the directory:
   'default'  $JAXIFT_COMPILATION_CACHE if set, else $JAXIFT_CACHE/jax_cache, else
              $XDG_CACHE_HOME/jaxift/jax_cache (~/.cache/jaxift/jax_cache);
-  'off' / '' no persistent cache;
+  'off' / '' jaxift turns no persistent cache on (one JAX itself was given stays);
   a path     that directory (local or gs://).
-JAXIFT_COMPILATION_CACHE=off switches the default off without editing a config.
+JAXIFT_COMPILATION_CACHE=off switches the default off without editing a config. Where JAX's cache
+is already configured (JAX_COMPILATION_CACHE_DIR, or `jax.config` in a notebook or a test session),
+'default' keeps that directory.
 Only compilations slower than `jax_persistent_cache_min_compile_time_secs` (JAX's default, 1 s)
 are written, so small helper jits do not fill the directory.
 """
@@ -51,6 +53,12 @@ def enable(setting: str) -> str | None:
   directory = resolve_dir(setting)
   if directory is None:
     return None
+  configured = jax.config.jax_compilation_cache_dir
+  if configured and setting.strip().lower() == "default":
+    # JAX's cache was pointed somewhere already (JAX_COMPILATION_CACHE_DIR, a notebook, a test
+    # session): 'default' keeps that choice; only an explicit directory replaces it.
+    logging.info("persistent compilation cache: %s (already configured)", configured)
+    return configured
   if jax.config.jax_compilation_cache_dir != directory:
     if "://" not in directory:
       os.makedirs(directory, exist_ok=True)

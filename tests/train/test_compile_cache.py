@@ -4,6 +4,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import pytest
 
 from jaxift.train import compile_cache
@@ -56,3 +57,15 @@ def test_a_second_process_reads_the_cache(tmp_path):
                           capture_output=True, text=True)
   assert second.stdout == first.stdout
   assert sorted(p.name for p in cache.iterdir()) == entries  # a hit: no new entry
+
+
+def test_default_keeps_a_cache_configured_before(tmp_path):
+  old = jax.config.jax_compilation_cache_dir
+  try:
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "theirs"))
+    assert compile_cache.enable("default") == str(tmp_path / "theirs")
+    assert compile_cache.enable(str(tmp_path / "mine")) == str(tmp_path / "mine")
+    assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    assert compile_cache.enable("off") is None
+  finally:
+    jax.config.update("jax_compilation_cache_dir", old)
