@@ -21,6 +21,8 @@ NEVER = {"data": ("model", "train", "infer", "workdir", "tools"),
 # top of the module.
 LAZY_ALLOWED = {
     ("tools/benchmark.py", "torch"): "optional: the PyTorch comparison ([test] extra)",
+    ("tools/profile_step.py", "torch"): "optional: the PyTorch profile ([test] extra)",
+    ("tools/profile_step.py", "transformers"): "with torch: transformers' PyTorch model",
     ("tools/benchmark.py", "transformers"): "the PyTorch comparison's model",
     ("tools/benchmark_decode.py", "torch"): "optional: the PyTorch comparison ([test] extra)",
     ("tools/benchmark_decode.py", "transformers"): "the PyTorch comparison's model",

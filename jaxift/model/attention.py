@@ -122,11 +122,17 @@ def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Arr
   if softcap is not None:
     scores_BxKxGxTxS = jnp.tanh(scores_BxKxGxTxS / softcap) * softcap
   mask_BxTxS = attention_mask(q_segment_ids_BxT, kv_segment_ids_BxS, q_offset, sliding_window)
-  mask_Bx1x1xTxS = mask_BxTxS[:, None, None]
-  scores_BxKxGxTxS = jnp.where(mask_Bx1x1xTxS, scores_BxKxGxTxS, _MASKED)
-  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS, axis=-1)
-  # Padding queries see nothing: give them zeros rather than an average over masked keys.
-  probs_BxKxGxTxS = jnp.where(mask_Bx1x1xTxS.any(-1, keepdims=True), probs_BxKxGxTxS, 0.0)
+  # The mask as an additive bias of [B, T, S] (0 or _MASKED), not a select over the [B, K, G, T, S]
+  # scores: the backward pass then needs no mask (masked probabilities are exactly 0, so their
+  # score gradients are 0). s + _MASKED rounds to _MASKED for any score below ~1e31, so a fully
+  # masked row is the same uniform row as with a select.
+  bias_Bx1x1xTxS = jnp.where(mask_BxTxS, 0.0, _MASKED).astype(jnp.float32)[:, None, None]
+  probs_BxKxGxTxS = jax.nn.softmax(scores_BxKxGxTxS + bias_Bx1x1xTxS, axis=-1)
   out_BxTxKxGxH = jnp.einsum("BKGTS,BSKH->BTKGH", probs_BxKxGxTxS.astype(v_BxSxKxH.dtype),
                              v_BxSxKxH)
+  # Padding queries see nothing: give them zeros rather than an average over masked keys. Zeroing
+  # their output rows ([B, T, N, H]) equals zeroing their probabilities ([B, K, G, T, S]) in value
+  # and gradient, on a tensor T/H times smaller.
+  sees_any_BxTx1x1x1 = mask_BxTxS.any(-1)[:, :, None, None, None]
+  out_BxTxKxGxH = jnp.where(sees_any_BxTx1x1x1, out_BxTxKxGxH, jnp.zeros((), out_BxTxKxGxH.dtype))
   return out_BxTxKxGxH.reshape(b, t, n, h).astype(q_BxTxNxH.dtype)

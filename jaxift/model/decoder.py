@@ -66,7 +66,7 @@ class Attention(nnx.Module):
                               axis_name="head_dim", offset=offset)
 
   def _project(self, x_BxTxD, name: str) -> jax.Array:
-    y = jnp.einsum("BTD,DNH->BTNH", x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
+    y = L.matmul_2d(x_BxTxD, getattr(self, f"{name}_kernel")[...].astype(self.dtype))  # BTD,DNH
     if self.cfg.attention_bias:
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
@@ -115,7 +115,7 @@ class Attention(nnx.Module):
 
   def _output(self, out_BxTxNxH) -> jax.Array:
     """The output projection (a hook: LoRA adds its `o` adapter here)."""
-    y_BxTxD = jnp.einsum("BTNH,NHD->BTD", out_BxTxNxH, self.o_kernel[...].astype(self.dtype))
+    y_BxTxD = L.matmul_2d(out_BxTxNxH, self.o_kernel[...].astype(self.dtype), k_dims=2)  # BTNH,NHD
     if self.cfg.attention_out_bias:
       y_BxTxD = y_BxTxD + self.o_bias[...].astype(self.dtype)
     return y_BxTxD
@@ -139,7 +139,7 @@ class Mlp(nnx.Module):
       self.down_bias = L.zeros(rngs, (d,), ("embed",), param_dtype)
 
   def _dense(self, x, name: str):
-    y = x @ getattr(self, f"{name}_kernel")[...].astype(self.dtype)
+    y = L.matmul_2d(x, getattr(self, f"{name}_kernel")[...].astype(self.dtype))
     if self.cfg.mlp_bias:
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
@@ -170,11 +170,16 @@ class Block(nnx.Module):
 
   def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
                ) -> tuple[jax.Array, LayerCache | None]:
-    y_BxTxD, kv = self.attn(self.attn_norm(x_BxTxD), rope, segment_ids_BxT, kv, layer)
+    # Named scopes tag the compiled ops for the per-op profile (jaxift.tools.profile_step).
+    normed_BxTxD = self.attn_norm(x_BxTxD)
+    with jax.named_scope("attention"):
+      y_BxTxD, kv = self.attn(normed_BxTxD, rope, segment_ids_BxT, kv, layer)
     if self.post_norms:
       y_BxTxD = self.post_attn_norm(y_BxTxD)
     x_BxTxD = x_BxTxD + y_BxTxD
-    y_BxTxD = self.mlp(self.mlp_norm(x_BxTxD))
+    normed_BxTxD = self.mlp_norm(x_BxTxD)
+    with jax.named_scope("mlp"):
+      y_BxTxD = self.mlp(normed_BxTxD)
     if self.post_norms:
       y_BxTxD = self.post_mlp_norm(y_BxTxD)
     return x_BxTxD + y_BxTxD, kv
@@ -222,6 +227,7 @@ class Decoder(nnx.Module):
     return KVCache.empty(self.cfg, batch, max_len, self.dtype)
 
   # ---- forward -----------------------------------------------------------------------------------
+  @jax.named_scope("embed")
   def _embed(self, inputs_BxT, positions_BxT):
     x_BxTxD = self.embed.embedding[...][inputs_BxT].astype(self.dtype)
     if self.cfg.family == "gemma3":  # scaled by sqrt(hidden), rounded to the dtype (as HF)
@@ -284,14 +290,15 @@ class Decoder(nnx.Module):
     """Final-norm output [B, T, D] in the compute dtype (for a chunked loss)."""
     return self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, None, None)[0]
 
+  @jax.named_scope("logits")
   def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
     if self.cfg.tie_word_embeddings:
       kernel_VxD = self.embed.embedding[...].astype(self.dtype)
-      logits = jnp.einsum("BTD,VD->BTV", hidden_BxTxD.astype(self.dtype), kernel_VxD,
-                          preferred_element_type=jnp.float32)
+      logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), kernel_VxD.T,
+                           preferred_element_type=jnp.float32)  # BTD,VD->BTV
     else:
-      logits = jnp.einsum("BTD,DV->BTV", hidden_BxTxD.astype(self.dtype),
-                          self.lm_head[...].astype(self.dtype), preferred_element_type=jnp.float32)
+      logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), self.lm_head[...].astype(self.dtype),
+                           preferred_element_type=jnp.float32)  # BTD,DV->BTV
     cap = self.cfg.final_logit_softcapping
     if cap is not None:
       logits = jnp.tanh(logits / cap) * cap

@@ -24,19 +24,25 @@ import jax.numpy as jnp
 MAX_LOSS_FOR_PERPLEXITY = 700.0
 
 
+@jax.named_scope("loss")
 def loss_sums(logits_BxTxV: jax.Array, targets_BxT: jax.Array,
               weights_BxT: jax.Array) -> dict[str, jax.Array]:
   """Sums over the batch, all float32.
 
   ce_sum: sum(w * -log p(target)); z_sum: sum(w * logsumexp(logits)^2) (PaLM's z-loss);
-  correct_sum: sum(w * [argmax == target]); weight_sum: sum(w).
+  correct_sum: sum(w * [target has the highest logit]) (a tie for the highest counts as correct);
+  weight_sum: sum(w).
   """
   logits_BxTxV = logits_BxTxV.astype(jnp.float32)
   weights_BxT = weights_BxT.astype(jnp.float32)
   log_z_BxT = jax.nn.logsumexp(logits_BxTxV, axis=-1)
   target_logit_BxT = jnp.take_along_axis(logits_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
   ce_BxT = log_z_BxT - target_logit_BxT
-  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+  # "The target has the highest logit" rather than argmax == target: the max is the one that
+  # logsumexp already computes (the compiler shares the reduction), while an argmax is a second,
+  # (value, index) reduction over [B, T, V] -- on XLA:CPU 5% of a SmolLM2 step at 4 layers.
+  max_logit_BxT = jnp.max(logits_BxTxV, axis=-1)
+  correct_BxT = (target_logit_BxT >= max_logit_BxT).astype(jnp.float32)
   return {
       "ce_sum": jnp.sum(weights_BxT * ce_BxT),
       "z_sum": jnp.sum(weights_BxT * jnp.square(log_z_BxT)),

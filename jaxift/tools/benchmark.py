@@ -47,6 +47,8 @@ def define_flags() -> None:
   """The command-line flags; defined only when run as a program, so that importing this module
   (tests, other tools) never clashes with flags of the same names elsewhere."""
   flags.DEFINE_enum("shape", "smollm2-135m", sorted(SHAPES), "Architecture (random weights).")
+  flags.DEFINE_integer("layers", 0, "Override the shape's number of layers (0: keep it); for "
+                       "quick checks such as tools/gpu_benchmark.sh --dry-run.")
   flags.DEFINE_integer("seq_len", 256, "Row length.")
   flags.DEFINE_integer("batch", 8, "Global rows per step.")
   flags.DEFINE_bool("packing", True, "Packed rows (else one padded example per row).")
@@ -200,7 +202,7 @@ def bench_torch(hf: dict, rows: dict, *, steps: int, warmup: int, dtype: str) ->
   }
 
 
-def _versions() -> dict:
+def versions() -> dict:
   out = dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
              flax=flax.__version__, optax=optax.__version__, machine=platform.machine(),
              processor=platform.processor() or platform.machine())
@@ -218,13 +220,15 @@ FLAGS = flags.FLAGS
 def main(argv) -> dict:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  hf = SHAPES[FLAGS.shape]
+  hf = dict(SHAPES[FLAGS.shape])
+  if FLAGS.layers:
+    hf["num_hidden_layers"] = FLAGS.layers
   rows = make_rows(FLAGS.batch, FLAGS.seq_len, hf["vocab_size"], FLAGS.packing)
   args = {name: flags.FLAGS[name].value for name in (
-      "shape", "seq_len", "batch", "packing", "attention", "dtype", "scan_layers", "remat",
+      "shape", "layers", "seq_len", "batch", "packing", "attention", "dtype", "scan_layers", "remat",
       "loss_chunk_size", "steps", "warmup", "torch", "data_file", "tokenizer", "data_workers",
       "data_seconds", "out")}
-  result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": _versions(),
+  result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "versions": versions(),
             "args": args, "non_padding_share": round(float((rows["segment_ids"] > 0).mean()), 4)}
   result["jaxift"] = bench_jaxift(
       hf, rows, steps=FLAGS.steps, warmup=FLAGS.warmup, batch=FLAGS.batch,
@@ -259,6 +263,10 @@ def main(argv) -> dict:
   return result
 
 
+def _main_cli(argv) -> None:
+  main(argv)  # absl exits with a returned value as the status: the result is not returned
+
+
 if __name__ == "__main__":
   define_flags()
-  tools.run(main)
+  tools.run(_main_cli)

@@ -77,6 +77,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.tensorboard = True
   # Peak FLOP/s per device for MFU where jaxift.train.mfu has no entry (0 = look it up / skip).
   c.train.peak_flops_per_device = 0.0
+  # JAX's persistent compilation cache: 'default' (~/.cache/jaxift/jax_cache, or
+  # $JAXIFT_COMPILATION_CACHE / $JAXIFT_CACHE/jax_cache), 'off', or a directory.
+  # See jaxift/train/compile_cache.py.
+  c.train.compilation_cache = "default"
 
   c.preference = default_preference_config()
 

@@ -53,6 +53,7 @@ def accumulate(grad_and_sums: Callable, params: Any, sum_keys, micro_batches: Ba
   return grads, sums
 
 
+@jax.named_scope("optimizer")  # tags the update's ops for the per-op profile (tools/profile_step)
 def apply_update(tx: optax.GradientTransformation, params: Any, opt_state: Any, grads: Any,
                  trainable: Any) -> tuple[Any, Any, Any]:
   """(new params, new optimizer state, the trained part of the gradients for its norm)."""

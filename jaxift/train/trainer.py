@@ -26,7 +26,9 @@ from jaxift.model import sharding
 from jaxift.train import evals as evals_lib
 from jaxift.train import guards
 from jaxift.train import host_batches
+from jaxift.train import compile_cache
 from jaxift.train import mfu as mfu_lib
+from jaxift.train import phases as phases_lib
 from jaxift.train import state as state_lib
 from jaxift.train.config import apply_objective
 from jaxift.train.early_stopping import EarlyStopping
@@ -90,6 +92,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
   if is_main:
     workdir_lib.preflight(workdir)  # a read-only checkpoints/ fails here, not at the first save
   t_start = time.perf_counter()
+  # Before the first compile: a run of a config compiled before loads its steps from disk.
+  compile_cache.enable(str(config.train.get("compilation_cache", "default")))
+  phases = phases_lib.PhaseTimes()
 
   # ---- Mesh ---------------------------------------------------------------------------------------
   mesh = sharding.make_mesh(tuple(config.mesh.shape))
@@ -254,8 +259,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     return selected
 
   step = start_step
+  phases.add("load", time.perf_counter() - t_start)  # tokenizer, data, model, resume
   if start_step == 0:
-    run_evals(step, first=True)
+    with phases.phase("evals_before"):
+      run_evals(step, first=True)
 
   # ---- Training loop ------------------------------------------------------------------------------
   flops_shape = mfu_lib.flops_shape_from_hf(model_hf)
@@ -348,11 +355,16 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     return metrics
 
   preempted = False
+  loop_start = time.perf_counter()
   try:
     timer.lap()
     while step < total_steps:
       host_batch = next(train_iter)  # repeats: the step count, not the data, ends training
-      metrics = train_one_step(step, host_batch)
+      if step == start_step:  # the first call traces and compiles the step (dispatch is async)
+        with phases.phase("compile"):
+          metrics = train_one_step(step, host_batch)
+      else:
+        metrics = train_one_step(step, host_batch)
       checkpointer.check_for_errors()  # a failed background save stops the run now, not later
       step += 1
       if pending is not None:
@@ -366,13 +378,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
       if do_eval or do_save or preempted:
         finish(pending)  # never evaluate or save state whose loss was not checked
         pending = None
-      validation_loss = run_evals(step, last=is_last) if do_eval else None
+      with phases.phase("evals"):
+        validation_loss = run_evals(step, last=is_last) if do_eval else None
       if validation_loss is not None and early.update(validation_loss, step):
         do_save = do_save or config.checkpoint.keep_best > 0  # a new best must exist on disk
       if guard.streak_start is not None:  # parameters that give non-finite losses: never saved
         do_save = False
       if do_save or preempted or early.should_stop:
-        save(step, validation_loss)
+        with phases.phase("save"):
+          save(step, validation_loss)
       if preempted:
         writer.message(f"preemption signal: saved step {step} to {checkpointer.directory}; exiting")
         results["preempted"] = True
@@ -385,20 +399,27 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: epath.Path) 
     if pending is not None:
       finish(pending)
       pending = None
+    phases.add("steps", time.perf_counter() - loop_start - sum(
+        phases.seconds.get(k, 0.0) for k in ("compile", "evals", "save")))
     if guard.streak_start is not None:  # the run ends inside a non-finite streak: never "done"
       stop_on_bad_parameters(step, {"loss": guard.last_loss}, guard.streak_start - 1)
     if not preempted and step > start_step:
       # The end of training (the last step, or early stopping before it): evaluations not yet
       # run at this step run now, and the final state is saved.
-      validation_loss = run_evals(step, last=True)
+      with phases.phase("evals"):  # those not already run at the last step
+        validation_loss = run_evals(step, last=True)
       if validation_loss is not None:
         early.update(validation_loss, step)
-      save(step, validation_loss)
-    checkpointer.wait()
+      with phases.phase("save"):
+        save(step, validation_loss)
+    with phases.phase("save"):
+      checkpointer.wait()
     results["best_step"] = checkpointer.best_step()
     if plan is not None:
       results["data_coverage"] = data_steps.coverage(plan, train_iter.stats)
       writer.message(results["data_coverage"]["message"])
+    results["phase_seconds"] = phases.as_dict()
+    writer.message(phases.summary(time.perf_counter() - t_start))
   finally:
     watcher.close()
     checkpointer.close()

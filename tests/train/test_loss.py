@@ -19,6 +19,14 @@ def test_loss_sums_hand_example():
   assert float(sums["z_sum"]) == pytest.approx(math.log(4.0) ** 2, rel=1e-6)
 
 
+def test_token_accuracy_counts_a_target_with_the_highest_logit():
+  # Position 0: target 2 is the strict maximum; 1: target 0 is below logit 1; 2: a tie between
+  # targets 0 and 1 at the highest logit counts as correct (documented in loss_sums).
+  logits = jnp.array([[[0.0, 1.0, 2.0], [0.5, 3.0, 0.0], [4.0, 4.0, 1.0]]])
+  sums = loss_lib.loss_sums(logits, jnp.array([[2, 0, 1]]), jnp.ones((1, 3)))
+  assert float(sums["correct_sum"]) == 2.0
+
+
 def test_objective_adds_z_loss_and_divides_by_global_weight():
   sums = {"ce_sum": jnp.array(3.0), "z_sum": jnp.array(10.0)}
   assert float(loss_lib.objective(sums, jnp.array(6.0), 0.0)) == pytest.approx(0.5)
