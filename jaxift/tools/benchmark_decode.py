@@ -48,6 +48,9 @@ _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "eval_split: generation l
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 8, "eval_split: rows per batch.")
 _EVAL_RUNS = flags.DEFINE_list("eval_runs", ["sorted", "file_order", "transformers"],
                                 "eval_split: which passes to time (sorted = what evaluate runs).")
+_REFERENCE = flags.DEFINE_string(
+    "reference_responses", None, "eval_split: a responses.jsonl of `tools/evaluate` on the same "
+    "records; counts the transformers loop's responses identical to its `response` texts.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per setting (median reported).")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "jaxift: lax.scan over layers.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = all cores).")
@@ -142,12 +145,14 @@ def _eval_split(jax_model, hf_model, tokenizer, torch) -> list[dict]:
   # Both jaxift runs then use compiled code; the compile time is reported on its own.
   start = time.perf_counter()
   by_bucket = {-(-len(p) // 32): p for p in prompts}
-  for p in by_bucket.values():
-    sampler.generate_tokens(jax_model, [p] * bs, max_new_tokens=n, stop_token_ids=stop_ids,
-                            pad_id=pad)
-  rows, outputs = [{"run": f"jaxift warm-up: {len(by_bucket)} prompt buckets compiled",
-                    "responses": len(by_bucket) * bs, "new_tokens": 0,
-                    "wall_s": time.perf_counter() - start}], {}
+  rows, outputs = [], {}
+  if {"sorted", "file_order"} & set(_EVAL_RUNS.value):
+    for p in by_bucket.values():
+      sampler.generate_tokens(jax_model, [p] * bs, max_new_tokens=n, stop_token_ids=stop_ids,
+                              pad_id=pad)
+    rows.append({"run": f"jaxift warm-up: {len(by_bucket)} prompt buckets compiled",
+                 "responses": len(by_bucket) * bs, "new_tokens": 0,
+                 "wall_s": time.perf_counter() - start})
   for name, fn in runs:
     start = time.perf_counter()
     outputs[name] = fn(prompts)
@@ -159,6 +164,14 @@ def _eval_split(jax_model, hf_model, tokenizer, torch) -> list[dict]:
   for row in rows:
     if row["run"] in outputs and ref:
       row["identical_to_transformers"] = sum(a == b for a, b in zip(outputs[row["run"]], ref))
+  if _REFERENCE.value and ref:
+    # The same text evaluate stores: decoded without special tokens, stripped.
+    theirs = [json.loads(line)["response"]
+              for line in pathlib.Path(_REFERENCE.value).read_text().splitlines() if line.strip()]
+    ours = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ref]
+    rows.append({"run": f"transformers loop vs {_REFERENCE.value}", "responses": len(theirs),
+                 "new_tokens": 0, "wall_s": float("nan"),
+                 "identical_to_transformers": sum(a == b for a, b in zip(ours, theirs))})
   return rows
 
 
