@@ -16,6 +16,14 @@ mode=eval_split: the wall time of generating the responses of the chapter-7 test
 (`sampler.generate_tokens_sorted`, what `tools/evaluate.py` runs), jaxift in file order, and a
 plain transformers loop (file order, left padding, `generate`). One timed run each, after jaxift
 compiled one batch per prompt-length bucket (that warm-up's wall time is reported too).
+`--eval_runs` picks the passes (e.g. `transformers` alone, to time the loop against a separate
+`tools/evaluate` run), and `--reference_responses=<evaluate's responses.jsonl>` counts the
+transformers responses identical to evaluate's texts:
+
+  python -m jaxift.tools.evaluate --model_path=<gguf> --test_files=<110 test records> \
+      --skip_loss --output_dir=/tmp/ch7
+  python -m jaxift.tools.benchmark_decode --mode=eval_split --eval_runs=transformers \
+      --reference_responses=/tmp/ch7/responses.jsonl
 """
 import json
 import os
