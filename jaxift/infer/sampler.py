@@ -1,4 +1,4 @@
-"""Batched generation with a KV cache: one jitted prefill, then one jitted `lax.while_loop` decode.
+"""Batched generation with a KV cache: one jitted prefill, then jitted `lax.while_loop` decode segments.
 
 Prompts of different lengths are LEFT-padded to a common length P (rounded up to `prompt_bucket`
 so a notebook does not recompile for every prompt length): padding has segment id 0, real tokens
@@ -8,7 +8,13 @@ last column; the decode loop feeds one token per step at slot P+step-1, with pos
 `prompt_len + step - 1`, until every row has emitted a stop token or `max_new_tokens` is reached.
 Rows that stopped keep running (batched) but their outputs are masked to `pad_id`.
 
-Both jitted functions take the model as `nnx.split` state with the graphdef static, so compiled
+Every decode step attends over the whole cache it is given (slots beyond the filled ones are
+masked, but still cost reads), so the cache does not start at P + max_new_tokens slots: it starts
+with `cache_bucket` new-token slots and doubles between decode segments (`cache_buckets`), one
+`while_loop` per size, with the loop state donated so the cache is updated in place. The host looks
+at the state only between segments (has every row stopped?), never per token.
+
+The jitted functions take the model as `nnx.split` state with the graphdef static, so compiled
 code is reused across calls and across models with the same structure and shapes.
 """
 import functools
@@ -60,13 +66,30 @@ class DecodeState:
   out_BxN: jax.Array  # generated tokens so far (pad_id after a row is done)
   rng: jax.Array
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new_tokens", "greedy"))
-def _decode(graphdef, state, cache, first_B, next_position_B, prompt_len, stop_ids_S, pad_id, rng,
-            temperature, top_k, top_p, *, max_new_tokens: int, greedy: bool):
-  batch = first_B.shape[0]
+@functools.partial(jax.jit, static_argnames=("max_new_tokens",), donate_argnames=("cache",))
+def _start_state(cache, first_B, next_position_B, stop_ids_S, pad_id, rng, *,
+                 max_new_tokens: int) -> DecodeState:
+  return DecodeState(
+      step=jnp.int32(1), cache=cache, token_B=first_B, position_B=next_position_B,
+      done_B=jnp.isin(first_B, stop_ids_S),
+      out_BxN=jnp.full((first_B.shape[0], max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B),
+      rng=rng)
+
+# The carry is donated: the cache (the largest buffer of generation) is updated in place across
+# segments instead of being copied at the start of each.
+@functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("start",))
+def _decode_segment(graphdef, state, start: DecodeState, end_step, prompt_len, stop_ids_S, pad_id,
+                    temperature, top_k, top_p, *, greedy: bool) -> DecodeState:
+  """Decode steps `start.step .. end_step - 1` (fewer if every row stops) on device.
+
+  Step `s` writes cache slot `prompt_len + s - 1`, so the cache must hold `prompt_len + end_step
+  - 1` slots; every step attends over all of them (masked beyond the filled ones), which is why the
+  caller grows the cache in buckets instead of allocating `prompt_len + max_new_tokens` at once.
+  """
+  batch = start.token_B.shape[0]
 
   def cond(s: DecodeState):
-    return (s.step < max_new_tokens) & ~jnp.all(s.done_B)
+    return (s.step < end_step) & ~jnp.all(s.done_B)
 
   def body(s: DecodeState) -> DecodeState:
     model = nnx.merge(graphdef, state)
@@ -83,24 +106,44 @@ def _decode(graphdef, state, cache, first_B, next_position_B, prompt_len, stop_i
         done_B=s.done_B | jnp.isin(next_B, stop_ids_S),
         out_BxN=jax.lax.dynamic_update_slice(s.out_BxN, next_B[:, None], (0, s.step)), rng=rng)
 
-  start = DecodeState(
-      step=jnp.int32(1), cache=cache, token_B=first_B, position_B=next_position_B,
-      done_B=jnp.isin(first_B, stop_ids_S),
-      out_BxN=jnp.full((batch, max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first_B), rng=rng)
-  end = jax.lax.while_loop(cond, body, start)
-  return end.out_BxN, end.step
+  return jax.lax.while_loop(cond, body, start)
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len"))
+def _grow_cache(graphdef, state, s: DecodeState, *, cache_len: int) -> DecodeState:
+  """The carry with its cache copied into the first slots of an empty cache of `cache_len` slots
+  (the model's own `init_cache`, so empty slots are what the model expects: segment id 0)."""
+  model = nnx.merge(graphdef, state)
+  empty = model.init_cache(s.token_B.shape[0], cache_len)
+  cache = jax.tree.map(lambda new, old: jax.lax.dynamic_update_slice(
+      new, old.astype(new.dtype), (0,) * old.ndim), empty, s.cache)
+  return s.replace(cache=cache)
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
+def cache_buckets(max_new_tokens: int, first: int) -> list[int]:
+  """New-token slot counts the cache grows through: `first`, doubling, capped at max_new_tokens.
+
+  A decode step costs attention over every cache slot, filled or not; growing the cache in a few
+  power-of-two buckets keeps that near the filled length while compiling only log2 shapes.
+  """
+  if first < 1:
+    raise ValueError(f"cache_bucket must be >= 1, got {first}")
+  buckets = [min(first, max_new_tokens)]
+  while buckets[-1] < max_new_tokens:
+    buckets.append(min(2 * buckets[-1], max_new_tokens))
+  return buckets
+
 def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                     stop_token_ids: Sequence[int] = (), pad_id: int = 0, seed: int = 0,
-                    prompt_bucket: int = 32) -> list[list[int]]:
+                    prompt_bucket: int = 32, cache_bucket: int = 32) -> list[list[int]]:
   """New token ids per prompt, cut before the first stop token (which is not included).
 
   temperature 0 is greedy (argmax); otherwise tokens are drawn after temperature, top-k (0 = off)
-  and top-p (1 = off) filtering, from `jax.random.key(seed)`.
+  and top-p (1 = off) filtering, from `jax.random.key(seed)`. The KV cache starts with room for
+  `cache_bucket` new tokens and doubles (one decode segment per size, see `cache_buckets`) only
+  while some row is still generating; `cache_bucket >= max_new_tokens` allocates it all at once.
   """
   if not prompts:
     return []
@@ -112,6 +155,7 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   if temperature < 0 or not 0.0 <= top_p <= 1.0 or top_k < 0:
     raise ValueError(f"need temperature >= 0, 0 <= top_p <= 1, top_k >= 0; got "
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
+  buckets = cache_buckets(max_new_tokens, cache_bucket)
   prompt_len = _round_up(max(len(p) for p in prompts), prompt_bucket)
   tokens, positions, segments = left_pad(prompts, prompt_len, pad_id)
   greedy = temperature == 0.0
@@ -119,15 +163,24 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   prefill_rng, decode_rng = jax.random.split(jax.random.key(seed))
   sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p))
   first_B, cache = _prefill(graphdef, state, tokens, positions, segments, prefill_rng,
-                            *sampling_args, cache_len=prompt_len + max_new_tokens, greedy=greedy)
+                            *sampling_args, cache_len=prompt_len + buckets[0], greedy=greedy)
   stop_ids = np.asarray(sorted(set(stop_token_ids)) or [-1], np.int32)
   next_position = np.asarray([len(p) for p in prompts], np.int32)
-  out_BxN, _ = _decode(graphdef, state, cache, first_B, next_position, jnp.int32(prompt_len),
-                       stop_ids, jnp.int32(pad_id), decode_rng, *sampling_args,
-                       max_new_tokens=max_new_tokens, greedy=greedy)
+  s = _start_state(cache, first_B, next_position, stop_ids, jnp.int32(pad_id), decode_rng,
+                   max_new_tokens=max_new_tokens)
+  for i, new_slots in enumerate(buckets):
+    if i > 0:
+      # One host sync per segment (not per token): grow only if some row still generates.
+      if bool(jnp.all(s.done_B)):
+        break
+      s = _grow_cache(graphdef, state, s, cache_len=prompt_len + new_slots)
+    # Step `k` writes slot prompt_len + k - 1: `new_slots` slots serve steps up to new_slots.
+    s = _decode_segment(graphdef, state, s, jnp.int32(min(new_slots + 1, max_new_tokens)),
+                        jnp.int32(prompt_len), stop_ids, jnp.int32(pad_id), *sampling_args,
+                        greedy=greedy)
   results = []
-  stop_set = set(int(s) for s in stop_token_ids)
-  for row in np.asarray(out_BxN).tolist():
+  stop_set = set(int(t) for t in stop_token_ids)
+  for row in np.asarray(s.out_BxN).tolist():
     cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
     results.append(row[:cut])
   return results

@@ -136,3 +136,33 @@ def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Arr
   sees_any_BxTx1x1x1 = mask_BxTxS.any(-1)[:, :, None, None, None]
   out_BxTxKxGxH = jnp.where(sees_any_BxTx1x1x1, out_BxTxKxGxH, jnp.zeros((), out_BxTxKxGxH.dtype))
   return out_BxTxKxGxH.reshape(b, t, n, h).astype(q_BxTxNxH.dtype)
+
+
+def cached_attention(q_BxTxNxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, *,
+                     q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
+                     sliding_window=None, softcap: float | None = None) -> jax.Array:
+  """`xla_attention` over a KV cache kept kv-head-major ([B, K, S, H], see model/cache.py).
+
+  Same masking and float32 softmax; only the layout differs, so that the einsums are batched over
+  (B, K) with the cache read in place: with slot-major keys XLA copied each layer's cache into this
+  layout at every decode step, a cost that grows with the cache."""
+  b, t, n, h = q_BxTxNxH.shape
+  k_heads = k_BxKxSxH.shape[1]
+  g = n // k_heads  # query heads per kv head: query head n uses kv head n // g (HF's repeat_kv)
+  q_BxKxGTxH = q_BxTxNxH.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4).reshape(
+      b, k_heads, g * t, h)
+  scores_BxKxGTxS = jnp.einsum("BKQH,BKSH->BKQS", q_BxKxGTxH, k_BxKxSxH,
+                               preferred_element_type=jnp.float32) * (h ** -0.5)
+  if softcap is not None:
+    scores_BxKxGTxS = jnp.tanh(scores_BxKxGTxS / softcap) * softcap
+  mask_BxTxS = attention_mask(q_segment_ids_BxT, kv_segment_ids_BxS, q_offset, sliding_window)
+  mask_Bx1xGTxS = jnp.broadcast_to(mask_BxTxS[:, None, None], (b, 1, g) + mask_BxTxS.shape[1:]
+                                   ).reshape(b, 1, g * t, -1)
+  scores_BxKxGTxS = jnp.where(mask_Bx1xGTxS, scores_BxKxGTxS, _MASKED)
+  probs_BxKxGTxS = jax.nn.softmax(scores_BxKxGTxS, axis=-1)
+  # Padding queries see nothing: give them zeros rather than an average over masked keys.
+  probs_BxKxGTxS = jnp.where(mask_Bx1xGTxS.any(-1, keepdims=True), probs_BxKxGTxS, 0.0)
+  out_BxKxGTxH = jnp.einsum("BKQS,BKSH->BKQH", probs_BxKxGTxS.astype(v_BxKxSxH.dtype), v_BxKxSxH)
+  out_BxTxNxH = out_BxKxGTxH.reshape(b, k_heads, g, t, h).transpose(0, 3, 1, 2, 4).reshape(
+      b, t, n, h)
+  return out_BxTxNxH.astype(q_BxTxNxH.dtype)

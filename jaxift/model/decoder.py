@@ -105,8 +105,12 @@ class Attention(nnx.Module):
       keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
     else:  # write the new tokens into this layer's cache slots, attend over the whole cache
       kv = kv.write(k_BxTxKxH, v_BxTxKxH)
-      keys, values = kv.keys_values(self.dtype)
-      kv_segments, offset = kv.segment_ids, kv.index
+      keys_BxKxSxH, values_BxKxSxH = kv.keys_values(self.dtype)
+      out_BxTxNxH = attention_lib.cached_attention(
+          q_BxTxNxH, keys_BxKxSxH, values_BxKxSxH, q_segment_ids_BxT=segment_ids_BxT,
+          kv_segment_ids_BxS=kv.segment_ids, q_offset=kv.index, sliding_window=window,
+          softcap=self.cfg.attn_logit_softcapping)
+      return self._output(out_BxTxNxH), kv
     out_BxTxNxH = attention_lib.attention(
         q_BxTxNxH, keys, values, q_segment_ids_BxT=segment_ids_BxT,
         kv_segment_ids_BxS=kv_segments, q_offset=offset,

@@ -16,6 +16,14 @@ mode=eval_split: the wall time of generating the responses of the chapter-7 test
 (`sampler.generate_tokens_sorted`, what `tools/evaluate.py` runs), jaxift in file order, and a
 plain transformers loop (file order, left padding, `generate`). One timed run each, after jaxift
 compiled one batch per prompt-length bucket (that warm-up's wall time is reported too).
+`--eval_runs` picks the passes (e.g. `transformers` alone, to time the loop against a separate
+`tools/evaluate` run), and `--reference_responses=<evaluate's responses.jsonl>` counts the
+transformers responses identical to evaluate's texts:
+
+  python -m jaxift.tools.evaluate --model_path=<gguf> --test_files=<110 test records> \
+      --skip_loss --output_dir=/tmp/ch7
+  python -m jaxift.tools.benchmark_decode --mode=eval_split --eval_runs=transformers \
+      --reference_responses=/tmp/ch7/responses.jsonl
 """
 import json
 import os
@@ -46,6 +54,11 @@ _DATA = flags.DEFINE_string("data", str(pathlib.Path(__file__).resolve().parents
 _MAX_EXAMPLES = flags.DEFINE_integer("max_examples", 110, "eval_split: test records.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "eval_split: generation limit.")
 _EVAL_BATCH = flags.DEFINE_integer("eval_batch_size", 8, "eval_split: rows per batch.")
+_EVAL_RUNS = flags.DEFINE_list("eval_runs", ["sorted", "file_order", "transformers"],
+                                "eval_split: which passes to time (sorted = what evaluate runs).")
+_REFERENCE = flags.DEFINE_string(
+    "reference_responses", None, "eval_split: a responses.jsonl of `tools/evaluate` on the same "
+    "records; counts the transformers loop's responses identical to its `response` texts.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed runs per setting (median reported).")
 _SCAN = flags.DEFINE_bool("scan_layers", True, "jaxift: lax.scan over layers.")
 _THREADS = flags.DEFINE_integer("torch_threads", 0, "torch.set_num_threads (0 = all cores).")
@@ -132,18 +145,22 @@ def _eval_split(jax_model, hf_model, tokenizer, torch) -> list[dict]:
     return out
 
   rows, outputs = [], {}
-  runs = [("jaxift, sorted by length", jax_sorted), ("jaxift, file order", jax_file_order),
-          ("transformers loop", hf_loop)]
+  runs = [(name, fn) for key, name, fn in [
+      ("sorted", "jaxift, sorted by length", jax_sorted),
+      ("file_order", "jaxift, file order", jax_file_order),
+      ("transformers", "transformers loop", hf_loop)] if key in _EVAL_RUNS.value]
   # Warm-up: compile each prompt-length bucket once (one batch of copies of a prompt from it).
   # Both jaxift runs then use compiled code; the compile time is reported on its own.
   start = time.perf_counter()
   by_bucket = {-(-len(p) // 32): p for p in prompts}
-  for p in by_bucket.values():
-    sampler.generate_tokens(jax_model, [p] * bs, max_new_tokens=n, stop_token_ids=stop_ids,
-                            pad_id=pad)
-  rows, outputs = [{"run": f"jaxift warm-up: {len(by_bucket)} prompt buckets compiled",
-                    "responses": len(by_bucket) * bs, "new_tokens": 0,
-                    "wall_s": time.perf_counter() - start}], {}
+  rows, outputs = [], {}
+  if {"sorted", "file_order"} & set(_EVAL_RUNS.value):
+    for p in by_bucket.values():
+      sampler.generate_tokens(jax_model, [p] * bs, max_new_tokens=n, stop_token_ids=stop_ids,
+                              pad_id=pad)
+    rows.append({"run": f"jaxift warm-up: {len(by_bucket)} prompt buckets compiled",
+                 "responses": len(by_bucket) * bs, "new_tokens": 0,
+                 "wall_s": time.perf_counter() - start})
   for name, fn in runs:
     start = time.perf_counter()
     outputs[name] = fn(prompts)
@@ -151,10 +168,18 @@ def _eval_split(jax_model, hf_model, tokenizer, torch) -> list[dict]:
     rows.append({"run": name, "responses": len(prompts),
                  "new_tokens": sum(len(t) for t in outputs[name]), "wall_s": wall})
     print(f"{name}: {wall:.1f} s", file=sys.stderr, flush=True)
-  ref = outputs["transformers loop"]
+  ref = outputs.get("transformers loop", [])
   for row in rows:
-    if row["run"] in outputs:
+    if row["run"] in outputs and ref:
       row["identical_to_transformers"] = sum(a == b for a, b in zip(outputs[row["run"]], ref))
+  if _REFERENCE.value and ref:
+    # The same text evaluate stores: decoded without special tokens, stripped.
+    theirs = [json.loads(line)["response"]
+              for line in pathlib.Path(_REFERENCE.value).read_text().splitlines() if line.strip()]
+    ours = [tokenizer.decode(t, skip_special_tokens=True).strip() for t in ref]
+    rows.append({"run": f"transformers loop vs {_REFERENCE.value}", "responses": len(theirs),
+                 "new_tokens": 0, "wall_s": float("nan"),
+                 "identical_to_transformers": sum(a == b for a, b in zip(ours, theirs))})
   return rows
 
 
