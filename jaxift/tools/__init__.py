@@ -26,9 +26,11 @@ def run(main: Callable[[list[str]], Any]) -> None:
   """`absl.app.run(main)` with INFO logs off unless --verbosity is given: Orbax logs every file it
   reads or writes at INFO, which would bury a tool's own output."""
 
-  def quiet_main(argv: list[str]) -> Any:
+  def quiet_main(argv: list[str]) -> None:
     if not flags.FLAGS["verbosity"].present:
       logging.set_verbosity(logging.WARNING)
-    return main(argv)
+    # Not returned: absl exits with a returned value as the status, and the tools' mains return
+    # their results (a dict) for callers in Python.
+    main(argv)
 
   app.run(quiet_main)

@@ -263,10 +263,6 @@ def main(argv) -> dict:
   return result
 
 
-def _main_cli(argv) -> None:
-  main(argv)  # absl exits with a returned value as the status: the result is not returned
-
-
 if __name__ == "__main__":
   define_flags()
-  tools.run(_main_cli)
+  tools.run(main)

@@ -6,6 +6,7 @@ import importlib.util
 import pathlib
 
 from jaxift.tools import memory_estimate
+from tests.perf.test_memory_estimate import _param_count
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -20,14 +21,6 @@ def _tiny(pairs: int):
   config.data.max_seq_length = 64
   config.model.scan_layers = True
   return config
-
-
-def _param_count(config) -> int:
-  h = config.model.hf_config
-  d, f, v, n, k, hd = (h.hidden_size, h.intermediate_size, h.vocab_size, h.num_attention_heads,
-                       h.num_key_value_heads, h.head_dim)
-  per_layer = d * n * hd * 2 + 2 * d * k * hd + 3 * d * f + 2 * d
-  return h.num_hidden_layers * per_layer + v * d + d  # tied embedding, final norm
 
 
 def test_frozen_copy_versus_prepass():

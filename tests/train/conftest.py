@@ -9,6 +9,8 @@ import tempfile
 
 import pytest
 
+from jaxift.data import synthetic
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY = REPO_ROOT / "configs" / "tiny.py"
 
@@ -87,6 +89,17 @@ def run(cmd: list[str], timeout: int = 300, cwd=REPO_ROOT, **env: str) -> subpro
                         text=True, timeout=timeout)
   assert proc.returncode == 0, f"{cmd} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
   return proc
+
+
+@pytest.fixture(scope="session")
+def pairs_file(tmp_path_factory):
+  """96 Alpaca preference records: chosen = the right answer, rejected = another record's."""
+  records = synthetic.make_examples(96, seed=0)
+  out = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
+          "rejected": records[(i + 7) % len(records)]["output"]} for i, r in enumerate(records)]
+  path = tmp_path_factory.mktemp("pairs") / "pairs.json"
+  path.write_text(json.dumps(out))
+  return str(path)
 
 
 @pytest.fixture(scope="session")

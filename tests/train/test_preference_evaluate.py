@@ -9,24 +9,13 @@ import numpy as np
 import pytest
 
 from jaxift import workdir as workdir_lib
-from jaxift.data import pipeline, synthetic
+from jaxift.data import pipeline
 from jaxift.tools import evaluate as evaluate_tool
 from jaxift.train.trainer import train_and_evaluate
 from tests.train.conftest import REPO_ROOT, run
 
 TRL_KEYS = ("rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
             "logps/chosen", "logps/rejected", "logps/accuracy")
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-  """96 Alpaca preference records: chosen = the right answer, rejected = another record's."""
-  records = synthetic.make_examples(96, seed=0)
-  out = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
-          "rejected": records[(i + 7) % len(records)]["output"]} for i, r in enumerate(records)]
-  path = tmp_path_factory.mktemp("pairs") / "pairs.json"
-  path.write_text(json.dumps(out))
-  return str(path)
 
 
 def _log_softmax(x):

@@ -5,20 +5,8 @@ import json
 
 import pytest
 
-from jaxift.data import synthetic
 from jaxift.train.trainer import train_and_evaluate
 from tests.train.conftest import train_records
-
-
-@pytest.fixture(scope="module")
-def pairs_file(tmp_path_factory):
-  """96 Alpaca preference records: chosen = the right answer, rejected = another record's."""
-  records = synthetic.make_examples(96, seed=0)
-  out = [{"instruction": r["instruction"], "input": r["input"], "chosen": r["output"],
-          "rejected": records[(i + 7) % len(records)]["output"]} for i, r in enumerate(records)]
-  path = tmp_path_factory.mktemp("pairs") / "pairs.json"
-  path.write_text(json.dumps(out))
-  return str(path)
 
 
 def _config(tiny_config, pairs_file, objective="dpo", lora=False, **arg):

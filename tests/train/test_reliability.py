@@ -117,7 +117,7 @@ def test_two_trainers_started_together_one_wins(gpt2_dir, tmp_path):
 
 
 def _children(pid: int) -> set[int]:
-  """Pids whose parent is `pid` (from /proc: no psutil dependency)."""
+  """Pids whose parent is `pid` (from Linux's /proc: no psutil dependency)."""
   out = set()
   for stat in pathlib.Path("/proc").glob("[0-9]*/stat"):
     try:
@@ -137,7 +137,6 @@ def _alive(pid: int) -> bool:
   return state != "Z"  # a zombie has exited; only its parent's wait is missing
 
 
-@pytest.mark.skipif(not pathlib.Path("/proc").is_dir(), reason="needs Linux /proc")
 def test_kill_9_with_grain_workers_leaves_no_orphans(gpt2_dir, tmp_path):
   """Grain's worker processes outlive a trainer killed by SIGKILL (or the OOM killer) unless they
   watch their parent (pipeline.exit_with_parent): without it they stay alive, re-parented to init."""
