@@ -80,7 +80,11 @@ def test_epochs_mode_runs_whole_passes(tiny_config, tmp_path):
   assert sorted(train_records(tmp_path)) == [1, 2, 3, 4, 5]
 
 
-def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path):
+@pytest.mark.parametrize("quantization", ["none", "nf4"])
+def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path, quantization):
+  """LoRA, and QLoRA on an nf4 base: checkpoints hold the adapters and the base reference (with
+  its quantization); the resumed run's losses equal an uninterrupted one's, and the run reloads
+  onto the same (re-quantized) base."""
   import jax
   import numpy as np
   from flax import nnx
@@ -90,6 +94,8 @@ def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path):
     c.lora.enabled = True
     c.lora.rank = 4
     c.lora.dropout = 0.1  # keyed by step: must also resume exactly
+    if quantization != "none":
+      c.lora.base_quantization, c.lora.quantization_block_size = quantization, 16  # head_dim 16
     c.optimizer.lr = 1e-2
     return c
 
@@ -107,9 +113,18 @@ def test_lora_trains_adapters_only_and_resumes_exactly(tiny_config, tmp_path):
 
   model, _, config = workdir_lib.load_for_inference(tmp_path / "straight", "latest")
   from jaxift.model import lora as lora_lib
+  from jaxift.model import quantize as Q
   from jaxift.model.loading import build_model
   adapters = nnx.state(model, lora_lib.LoRAParam)
   assert any(float(np.abs(np.asarray(b)).max()) > 0 for b in jax.tree.leaves(adapters))
+  assert config.lora.base_quantization == quantization
+  if quantization != "none":  # the quantized base equals a fresh quantized build, bit for bit
+    fresh, _ = lora_lib.build_model(config, seed=int(config.train.seed))
+    frozen = lambda m: [np.asarray(x) for x in jax.tree.leaves(nnx.state(m, Q.QuantizedArray))]
+    assert len(frozen(model)) == 28  # 2 layers x 7 kernels x (codes, scales)
+    for a, b in zip(frozen(fresh), frozen(model)):
+      np.testing.assert_array_equal(a, b)
+    return
   # The frozen base equals a fresh build from the same reference (random init, same seed).
   base, _ = build_model(config.model, seed=config.train.seed)
   fresh = nnx.state(base, nnx.Param)
