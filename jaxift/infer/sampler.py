@@ -49,11 +49,19 @@ def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temp
              top_p, *, cache_len: int, greedy: bool):
   model = nnx.merge(graphdef, state)
   cache = model.init_cache(tokens_BxP.shape[0], cache_len)
-  logits_BxPxV, cache = model.forward_with_cache(tokens_BxP, positions_BxP, segments_BxP, cache,
-                                                 cache_index=0)
-  first_B = sampling.select_next(logits_BxPxV[:, -1].astype(jnp.float32), rng, greedy=greedy,
+  logits_Bx1xV, cache = model.forward_with_cache(tokens_BxP, positions_BxP, segments_BxP, cache,
+                                                 cache_index=0, **_last_only(model))
+  first_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), rng, greedy=greedy,
                                  temperature=temperature, top_k=top_k, top_p=top_p)
   return first_B, cache
+
+def _last_only(model) -> dict:
+  """forward_with_cache's keyword for last-column logits, where the model has it."""
+  return {"last_logits_only": True} if hasattr(model, "unstacked_layers") else {}
+
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _unstacked_layers(graphdef, state):
+  return nnx.merge(graphdef, state).unstacked_layers()
 
 @struct.dataclass
 class DecodeState:
@@ -78,13 +86,14 @@ def _start_state(cache, first_B, next_position_B, stop_ids_S, pad_id, rng, *,
 # The carry is donated: the cache (the largest buffer of generation) is updated in place across
 # segments instead of being copied at the start of each.
 @functools.partial(jax.jit, static_argnames=("graphdef", "greedy"), donate_argnames=("start",))
-def _decode_segment(graphdef, state, start: DecodeState, end_step, prompt_len, stop_ids_S, pad_id,
-                    temperature, top_k, top_p, *, greedy: bool) -> DecodeState:
+def _decode_segment(graphdef, state, layers, start: DecodeState, end_step, prompt_len, stop_ids_S,
+                    pad_id, temperature, top_k, top_p, *, greedy: bool) -> DecodeState:
   """Decode steps `start.step .. end_step - 1` (fewer if every row stops) on device.
 
   Step `s` writes cache slot `prompt_len + s - 1`, so the cache must hold `prompt_len + end_step
   - 1` slots; every step attends over all of them (masked beyond the filled ones), which is why the
   caller grows the cache in buckets instead of allocating `prompt_len + max_new_tokens` at once.
+  `layers`: the model's `unstacked_layers()` or None (see `generate_tokens`).
   """
   batch = start.token_B.shape[0]
 
@@ -93,9 +102,9 @@ def _decode_segment(graphdef, state, start: DecodeState, end_step, prompt_len, s
 
   def body(s: DecodeState) -> DecodeState:
     model = nnx.merge(graphdef, state)
-    logits_Bx1xV, cache = model.forward_with_cache(s.token_B[:, None], s.position_B[:, None],
-                                                   jnp.ones((batch, 1), jnp.int32), s.cache,
-                                                   cache_index=prompt_len + s.step - 1)
+    logits_Bx1xV, cache = model.forward_with_cache(
+        s.token_B[:, None], s.position_B[:, None], jnp.ones((batch, 1), jnp.int32), s.cache,
+        cache_index=prompt_len + s.step - 1, **({} if layers is None else {"layers": layers}))
     rng, step_rng = jax.random.split(s.rng)
     next_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), step_rng,
                                   greedy=greedy, temperature=temperature, top_k=top_k,
@@ -121,29 +130,54 @@ def _grow_cache(graphdef, state, s: DecodeState, *, cache_len: int) -> DecodeSta
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
-def cache_buckets(max_new_tokens: int, first: int) -> list[int]:
-  """New-token slot counts the cache grows through: `first`, doubling, capped at max_new_tokens.
+def ladder_ceil(n: int) -> int:
+  """The smallest cache length >= n of the form 2^k or 3 * 2^k (..., 64, 96, 128, 192, 256, ...).
+
+  Cache lengths come from this one ladder, whatever the prompt length, so a decode segment's
+  compiled code (its shapes are the batch and the cache length) serves every prompt bucket; the
+  ladder's steps (x1.5, x1.33) bound the slots attended to in vain."""
+  if n <= 2:
+    return max(n, 1)
+  power = 1 << (n - 1).bit_length()  # smallest 2^k >= n
+  return 3 * power // 4 if 3 * power // 4 >= n else power
+
+def cache_lengths(prompt_len: int, max_new_tokens: int, first: int) -> list[int]:
+  """Total cache lengths (prompt slots included) of the decode segments: the first holds at least
+  `first` new tokens, each next one at least twice the new tokens of the one before, the last
+  `max_new_tokens`; each rounded up to `ladder_ceil`.
 
   A decode step costs attention over every cache slot, filled or not; growing the cache in a few
-  power-of-two buckets keeps that near the filled length while compiling only log2 shapes.
+  segments keeps that near the filled length while compiling only a handful of shapes.
   """
   if first < 1:
     raise ValueError(f"cache_bucket must be >= 1, got {first}")
-  buckets = [min(first, max_new_tokens)]
-  while buckets[-1] < max_new_tokens:
-    buckets.append(min(2 * buckets[-1], max_new_tokens))
-  return buckets
+  need = prompt_len + max_new_tokens
+  lengths = [ladder_ceil(prompt_len + min(first, max_new_tokens))]
+  while lengths[-1] < need:
+    lengths.append(ladder_ceil(min(prompt_len + 2 * (lengths[-1] - prompt_len), need)))
+  return lengths
+
+def _unstack_for_decode(model) -> bool:
+  """Decode over per-layer slices of a scanned model's weights (`Decoder.unstacked_layers`)?
+
+  On the CPU, yes: a scanned layer copies its weights out of the stacked arrays at every decode
+  step (a third of a SmolLM2 step at batch 1). The slices are a second copy of the layer weights
+  while the generate call runs, so elsewhere (accelerators, where memory is the scarcer
+  resource and this copy was not measured) the stacked layout is kept."""
+  return (hasattr(model, "unstacked_layers") and model.scan_layers
+          and jax.default_backend() == "cpu")
 
 def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                     stop_token_ids: Sequence[int] = (), pad_id: int = 0, seed: int = 0,
-                    prompt_bucket: int = 32, cache_bucket: int = 32) -> list[list[int]]:
+                    prompt_bucket: int = 16, cache_bucket: int = 32) -> list[list[int]]:
   """New token ids per prompt, cut before the first stop token (which is not included).
 
   temperature 0 is greedy (argmax); otherwise tokens are drawn after temperature, top-k (0 = off)
   and top-p (1 = off) filtering, from `jax.random.key(seed)`. The KV cache starts with room for
-  `cache_bucket` new tokens and doubles (one decode segment per size, see `cache_buckets`) only
-  while some row is still generating; `cache_bucket >= max_new_tokens` allocates it all at once.
+  at least `cache_bucket` new tokens and grows (one decode segment per size, see
+  `cache_lengths`) only while some row is still generating; `cache_bucket >= max_new_tokens`
+  allocates it all at once.
   """
   if not prompts:
     return []
@@ -155,27 +189,30 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   if temperature < 0 or not 0.0 <= top_p <= 1.0 or top_k < 0:
     raise ValueError(f"need temperature >= 0, 0 <= top_p <= 1, top_k >= 0; got "
                      f"temperature={temperature}, top_p={top_p}, top_k={top_k}")
-  buckets = cache_buckets(max_new_tokens, cache_bucket)
   prompt_len = _round_up(max(len(p) for p in prompts), prompt_bucket)
+  lengths = cache_lengths(prompt_len, max_new_tokens, cache_bucket)
   tokens, positions, segments = left_pad(prompts, prompt_len, pad_id)
   greedy = temperature == 0.0
   graphdef, state = nnx.split(model)
+  layers = (_unstacked_layers(graphdef, state)
+            if _unstack_for_decode(model) and max_new_tokens > 1 else None)
   prefill_rng, decode_rng = jax.random.split(jax.random.key(seed))
   sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p))
   first_B, cache = _prefill(graphdef, state, tokens, positions, segments, prefill_rng,
-                            *sampling_args, cache_len=prompt_len + buckets[0], greedy=greedy)
+                            *sampling_args, cache_len=lengths[0], greedy=greedy)
   stop_ids = np.asarray(sorted(set(stop_token_ids)) or [-1], np.int32)
   next_position = np.asarray([len(p) for p in prompts], np.int32)
   s = _start_state(cache, first_B, next_position, stop_ids, jnp.int32(pad_id), decode_rng,
                    max_new_tokens=max_new_tokens)
-  for i, new_slots in enumerate(buckets):
+  for i, cache_len in enumerate(lengths):
     if i > 0:
       # One host sync per segment (not per token): grow only if some row still generates.
       if bool(jnp.all(s.done_B)):
         break
-      s = _grow_cache(graphdef, state, s, cache_len=prompt_len + new_slots)
-    # Step `k` writes slot prompt_len + k - 1: `new_slots` slots serve steps up to new_slots.
-    s = _decode_segment(graphdef, state, s, jnp.int32(min(new_slots + 1, max_new_tokens)),
+      s = _grow_cache(graphdef, state, s, cache_len=cache_len)
+    # Step `k` writes slot prompt_len + k - 1: this cache serves steps up to cache_len - prompt_len.
+    s = _decode_segment(graphdef, state, layers, s,
+                        jnp.int32(min(cache_len - prompt_len + 1, max_new_tokens)),
                         jnp.int32(prompt_len), stop_ids, jnp.int32(pad_id), *sampling_args,
                         greedy=greedy)
   results = []

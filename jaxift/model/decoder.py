@@ -240,7 +240,21 @@ class Decoder(nnx.Module):
       x_BxTxD = x_BxTxD + self.pos_embedding[...][positions_BxT].astype(self.dtype)
     return x_BxTxD
 
-  def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None):
+  def unstacked_layers(self) -> tuple | None:
+    """With `scan_layers`: each layer's parameters as arrays of their own (one `nnx.State` per
+    layer, sliced from the stacked ones), for `forward_with_cache(layers=...)`; None otherwise.
+
+    Why: a scanned layer slices its kernels out of the stacked arrays at every call, and XLA:CPU
+    copies each slice before its matmul: at decode, one token per row, that copy costs as much as
+    the matmuls (every weight is read twice and written once per step). Sliced once, outside the
+    decode loop, the copy is paid once per generate call instead of once per token."""
+    if not self.scan_layers:
+      return None
+    state = nnx.state(self.layers)
+    return tuple(jax.tree.map(lambda a, i=i: a[i], state)
+                 for i in range(self.cfg.num_hidden_layers))
+
+  def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layers=None):
     policy = remat_policy_fn(self.remat_policy)
 
     def apply_block(graphdef, state, x, kv, layer):
@@ -252,7 +266,11 @@ class Decoder(nnx.Module):
       apply_block = jax.checkpoint(apply_block, policy=policy,
                                    static_argnums=(0,) if self.scan_layers else (0, 4))
 
-    if self.scan_layers:
+    if self.scan_layers and layers is not None:  # stacked parameters, sliced by the caller
+      graphdef = nnx.graphdef(self.layers)
+      for i, layer_state in enumerate(layers):
+        x_BxTxD, kv = apply_block(graphdef, layer_state, x_BxTxD, kv, i)
+    elif self.scan_layers:
       graphdef, state = nnx.split(self.layers)
 
       def body(carry, xs):
@@ -268,7 +286,7 @@ class Decoder(nnx.Module):
         x_BxTxD, kv = apply_block(graphdef, state, x_BxTxD, kv, i)
     return x_BxTxD, kv
 
-  def _hidden(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index):
+  def _hidden(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index, layers=None):
     inputs_BxT = jnp.asarray(inputs_BxT, jnp.int32)
     positions_BxT = jnp.asarray(positions_BxT, jnp.int32)
     segment_ids_BxT = jnp.asarray(segment_ids_BxT, jnp.int32)
@@ -285,7 +303,7 @@ class Decoder(nnx.Module):
           cache.segment_ids, segment_ids_BxT.astype(cache.segment_ids.dtype), (0, index))
       kv = LayerCache(k=cache.k, v=cache.v, segment_ids=segments_BxS, index=index,
                       layer=jnp.int32(0))
-    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, segment_ids_BxT, kv)
+    x_BxTxD, kv = self._run_layers(x_BxTxD, rope, segment_ids_BxT, kv, layers)
     hidden_BxTxD = self.final_norm(x_BxTxD)
     new_cache = None if kv is None else KVCache(k=kv.k, v=kv.v, segment_ids=kv.segment_ids)
     return hidden_BxTxD, new_cache
@@ -298,8 +316,10 @@ class Decoder(nnx.Module):
   def logits_from_hidden(self, hidden_BxTxD) -> jax.Array:
     if self.cfg.tie_word_embeddings:
       kernel_VxD = self.embed.embedding[...].astype(self.dtype)
-      logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), kernel_VxD.T,
-                           preferred_element_type=jnp.float32)  # BTD,VD->BTV
+      b, t, d = hidden_BxTxD.shape
+      logits = jax.lax.dot_general(hidden_BxTxD.astype(self.dtype).reshape(b * t, d), kernel_VxD,
+                                   (((1,), (1,)), ((), ())),
+                                   preferred_element_type=jnp.float32).reshape(b, t, -1)
     else:
       logits = L.matmul_2d(hidden_BxTxD.astype(self.dtype), self.lm_head[...].astype(self.dtype),
                            preferred_element_type=jnp.float32)  # BTD,DV->BTV
@@ -314,10 +334,17 @@ class Decoder(nnx.Module):
     return self.logits_from_hidden(hidden_BxTxD)
 
   def forward_with_cache(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache: KVCache,
-                         cache_index: Any) -> tuple[jax.Array, KVCache]:
+                         cache_index: Any, *, last_logits_only: bool = False,
+                         layers: tuple | None = None) -> tuple[jax.Array, KVCache]:
     """(logits [B, T, V], the cache with the new tokens written at slots `cache_index ..
     cache_index+T-1`): prefill and each decode step of generation. A query attends to the slots up
-    to its own with an equal, non-zero segment id."""
+    to its own with an equal, non-zero segment id.
+
+    `last_logits_only`: logits [B, 1, V] of the last column only (a prefill samples from nothing
+    else; the other P-1 columns' logits were a fifth of its work at SmolLM2's vocabulary).
+    `layers`: `unstacked_layers()`, computed once by the caller (scanned models)."""
     hidden_BxTxD, new_cache = self._hidden(inputs_BxT, positions_BxT, segment_ids_BxT, cache,
-                                           cache_index)
+                                           cache_index, layers)
+    if last_logits_only:
+      hidden_BxTxD = hidden_BxTxD[:, -1:]
     return self.logits_from_hidden(hidden_BxTxD), new_cache

@@ -12,16 +12,29 @@ from tests.infer.stub_model import CountingModel, reference_continuation
 PROMPTS = [[5, 6, 7], [1, 2, 3, 4, 5, 6, 7, 8, 9], [200], [17, 3]]
 
 
-def test_cache_buckets_double_up_to_the_limit():
-  assert sampler.cache_buckets(256, 32) == [32, 64, 128, 256]
-  assert sampler.cache_buckets(48, 32) == [32, 48]
-  assert sampler.cache_buckets(20, 32) == [20]
+def test_ladder_ceil_is_the_smallest_power_of_two_or_three_halves_of_one():
+  ladder = sorted({2 ** k for k in range(12)} | {3 * 2 ** k for k in range(11)})
+  for n in range(1, 3000):
+    assert sampler.ladder_ceil(n) == min(v for v in ladder if v >= n), n
+
+
+def test_cache_lengths_grow_on_the_ladder_up_to_the_limit():
+  # Prompt 64 slots, 256 new tokens: room for >= 32, then >= 2x the previous room, then 256.
+  assert sampler.cache_lengths(64, 256, 32) == [96, 128, 192, 384]
+  assert sampler.cache_lengths(48, 256, 32) == [96, 192, 384]
+  assert sampler.cache_lengths(48, 48, 32) == [96]  # 48 + 48 fits the first length
+  assert sampler.cache_lengths(8, 40, 4) == [12, 16, 24, 48]
+  # Lengths come from one ladder whatever the prompt: prompts of 16 and 32 slots share the
+  # decode shape 96 (so one compiled segment).
+  assert sampler.cache_lengths(16, 64, 32) == [48, 96]
+  assert sampler.cache_lengths(32, 64, 32) == [64, 96]
   with pytest.raises(ValueError, match="cache_bucket"):
-    sampler.cache_buckets(8, 0)
+    sampler.cache_lengths(8, 8, 0)
 
 
 def test_stub_over_many_segments_matches_reference():
-  """Five segments (4, 8, 16, 32, 40 new slots) of the counting stub against its Python rule."""
+  """Four segments (cache lengths 12, 16, 24, 48 for an 8-slot prompt) of the counting stub
+  against its Python rule."""
   stub = CountingModel()
   out = sampler.generate_tokens(stub, [[5], [1, 2, 3, 4, 5, 6, 7], [96, 95]], max_new_tokens=40,
                                 prompt_bucket=8, cache_bucket=4)
@@ -36,8 +49,8 @@ def _recomputed_greedy(model, prompt, n):
 
 
 def test_bucketed_decode_equals_full_cache_and_full_recompute(tiny_decoder):
-  """Greedy, rows of different lengths: buckets 3, 6, 12, 20 vs one cache of 20 new slots vs
-  argmax of full forwards."""
+  """Greedy, rows of different lengths: three segments (cache lengths 24, 32, 48 for a 16-slot
+  prompt) vs one cache of 20 new slots vs argmax of full forwards."""
   n = 20
   bucketed = sampler.generate_tokens(tiny_decoder, PROMPTS, max_new_tokens=n, cache_bucket=3)
   full = sampler.generate_tokens(tiny_decoder, PROMPTS, max_new_tokens=n, cache_bucket=n)
@@ -50,7 +63,7 @@ def test_bucketed_decode_with_early_stops(tiny_decoder):
   row is cut at its own first stop token, exactly as with the full-length cache."""
   n = 20
   free = sampler.generate_tokens(tiny_decoder, PROMPTS, max_new_tokens=n, cache_bucket=n)
-  stop = {free[0][1], free[1][9]}  # row 0 stops by step 1, row 1 by step 9 (third segment)
+  stop = {free[0][1], free[1][9]}  # row 0 stops by step 1, row 1 by step 9 (second segment)
   kwargs = dict(max_new_tokens=n, stop_token_ids=sorted(stop))
   bucketed = sampler.generate_tokens(tiny_decoder, PROMPTS, cache_bucket=3, **kwargs)
   full = sampler.generate_tokens(tiny_decoder, PROMPTS, cache_bucket=n, **kwargs)

@@ -49,11 +49,13 @@ def test_causal_and_segment_isolated(case, tiny_checkpoint):
     assert np.all(g[seg_start:t + 1] > 0), (t, g)  # but everything in its own past
 
 
-@pytest.mark.parametrize("scan_layers", [False, True])
-def test_cached_decoding_equals_full_forward(scan_layers, tiny_checkpoint):
-  """Left-padded prompts of different lengths, prefill then one token at a time, all jitted."""
+@pytest.mark.parametrize("layout", ["unrolled", "scan", "unstacked"])
+def test_cached_decoding_equals_full_forward(layout, tiny_checkpoint):
+  """Left-padded prompts of different lengths, prefill then one token at a time, all jitted.
+  'unstacked': scanned weights, decoded over `unstacked_layers()` as the CPU sampler does; the
+  prefill's last-column logits (`last_logits_only`) are the full forward's last column."""
   directory, torch_model = tiny_checkpoint("llama3_rope_untied")
-  model, _ = load_model(directory, scan_layers=scan_layers)
+  model, _ = load_model(directory, scan_layers=layout != "unrolled")
   graphdef, state = nnx.split(model)
   seqs = random_examples(5, (7, 10))  # prompt = all but the last 4 tokens
   prompt_lens = [len(s) - 4 for s in seqs]
@@ -67,10 +69,13 @@ def test_cached_decoding_equals_full_forward(scan_layers, tiny_checkpoint):
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
     m = nnx.merge(graphdef, state)
-    return m.forward_with_cache(tok, pos, seg, cache, index)
+    unstacked = layout == "unstacked"
+    return m.forward_with_cache(tok, pos, seg, cache, index, last_logits_only=unstacked,
+                                layers=m.unstacked_layers() if unstacked else None)
 
   cache = model.init_cache(2, p + 4)
   logits, cache = step(state, cache, tokens, positions, segments, 0)
+  assert logits.shape[1] == (1 if layout == "unstacked" else p)
   got = [[logits[b, -1]] for b in range(2)]
   for k in range(3):  # feed the known next tokens one by one
     tok = np.array([[s[n + k]] for s, n in zip(seqs, prompt_lens)], np.int32)

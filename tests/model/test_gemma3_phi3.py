@@ -63,12 +63,14 @@ def test_gemma3_sliding_window_matters(tiny_checkpoint):
   assert np.abs(a[4:] - b[4:]).max() > 1e-3
 
 
-@pytest.mark.parametrize("case,scan_layers", [("gemma3_text", False), ("gemma3_text", True),
-                                              ("phi3_longrope", True)])
-def test_cached_decoding_matches_transformers(case, scan_layers, tiny_checkpoint):
-  """Left-padded prompts, prefill then token by token through the cache, past the window."""
+@pytest.mark.parametrize("case,layout", [("gemma3_text", "unrolled"), ("gemma3_text", "scan"),
+                                         ("gemma3_text", "unstacked"), ("phi3_longrope", "scan")])
+def test_cached_decoding_matches_transformers(case, layout, tiny_checkpoint):
+  """Left-padded prompts, prefill then token by token through the cache, past the window.
+  'unstacked': scanned weights decoded over `unstacked_layers()` (the sampler on the CPU), where
+  each layer's type (sliding or global) is static instead of selected under the scan."""
   directory, torch_model = tiny_checkpoint(case)
-  model, _ = load_model(directory, scan_layers=scan_layers)
+  model, _ = load_model(directory, scan_layers=layout != "unrolled")
   graphdef, state = nnx.split(model)
   seqs = random_examples(9, (9, 12))
   prompt_lens = [len(s) - 5 for s in seqs]
@@ -79,7 +81,9 @@ def test_cached_decoding_matches_transformers(case, scan_layers, tiny_checkpoint
 
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
-    return nnx.merge(graphdef, state).forward_with_cache(tok, pos, seg, cache, index)
+    m = nnx.merge(graphdef, state)
+    layers = m.unstacked_layers() if layout == "unstacked" else None
+    return m.forward_with_cache(tok, pos, seg, cache, index, layers=layers)
 
   cache = model.init_cache(2, p + 5)
   logits, cache = step(state, cache, tokens, positions, segments, 0)
