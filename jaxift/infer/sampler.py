@@ -29,6 +29,7 @@ import tqdm
 
 from jaxift.data import tokenize
 from jaxift.infer import sampling
+from jaxift.model.cache import KVCache
 
 def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -59,9 +60,9 @@ def _last_only(model) -> dict:
   """forward_with_cache's keyword for last-column logits, where the model has it."""
   return {"last_logits_only": True} if hasattr(model, "unstacked_layers") else {}
 
-@functools.partial(jax.jit, static_argnames=("graphdef",))
-def _unstacked_layers(graphdef, state):
-  return nnx.merge(graphdef, state).unstacked_layers()
+@functools.partial(jax.jit, static_argnames=("graphdef", "fuse_projections"))
+def _unstacked_layers(graphdef, state, *, fuse_projections: bool):
+  return nnx.merge(graphdef, state).unstacked_layers(fuse_projections=fuse_projections)
 
 @struct.dataclass
 class DecodeState:
@@ -74,9 +75,12 @@ class DecodeState:
   out_BxN: jax.Array  # generated tokens so far (pad_id after a row is done)
   rng: jax.Array
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("max_new_tokens", "per_layer"),
+                   donate_argnames=("cache",))
 def _start_state(cache, first_B, next_position_B, stop_ids_S, pad_id, rng, *,
-                 max_new_tokens: int) -> DecodeState:
+                 max_new_tokens: int, per_layer: bool) -> DecodeState:
+  if per_layer:  # the prefill (a scan over layers, maybe) wrote a stacked cache
+    cache = cache.per_layer()
   return DecodeState(
       step=jnp.int32(1), cache=cache, token_B=first_B, position_B=next_position_B,
       done_B=jnp.isin(first_B, stop_ids_S),
@@ -123,6 +127,8 @@ def _grow_cache(graphdef, state, s: DecodeState, *, cache_len: int) -> DecodeSta
   (the model's own `init_cache`, so empty slots are what the model expects: segment id 0)."""
   model = nnx.merge(graphdef, state)
   empty = model.init_cache(s.token_B.shape[0], cache_len)
+  if isinstance(s.cache, KVCache) and s.cache.is_per_layer:
+    empty = empty.per_layer()
   cache = jax.tree.map(lambda new, old: jax.lax.dynamic_update_slice(
       new, old.astype(new.dtype), (0,) * old.ndim), empty, s.cache)
   return s.replace(cache=cache)
@@ -157,15 +163,19 @@ def cache_lengths(prompt_len: int, max_new_tokens: int, first: int) -> list[int]
     lengths.append(ladder_ceil(min(prompt_len + 2 * (lengths[-1] - prompt_len), need)))
   return lengths
 
-def _unstack_for_decode(model) -> bool:
-  """Decode over per-layer slices of a scanned model's weights (`Decoder.unstacked_layers`)?
+def _decode_layout(model, batch: int) -> tuple[bool, bool]:
+  """(decode over `Decoder.unstacked_layers`, keep the KV cache per layer) for this model.
 
-  On the CPU, yes: a scanned layer copies its weights out of the stacked arrays at every decode
-  step (a third of a SmolLM2 step at batch 1). The slices are a second copy of the layer weights
-  while the generate call runs, so elsewhere (accelerators, where memory is the scarcer
-  resource and this copy was not measured) the stacked layout is kept."""
-  return (hasattr(model, "unstacked_layers") and model.scan_layers
-          and jax.default_backend() == "cpu")
+  On the CPU a scanned layer copies its weights out of the stacked arrays at every decode step (a
+  third of a SmolLM2 step at batch 1), so the decode runs over per-layer slices taken once per
+  call: a second copy of the layer weights while it runs, so not on accelerators, where memory is
+  the scarcer resource and the copy was not measured. Layers run one by one read a per-layer KV
+  cache in place (`KVCache.per_layer`), except at batch 1, where XLA:CPU fuses each cache update
+  into two consumers and copies the cache to keep them apart (slower than the stacked slices)."""
+  if not hasattr(model, "unstacked_layers"):  # another model with the cache interface
+    return False, False
+  unstack = model.scan_layers and jax.default_backend() == "cpu"
+  return unstack, (unstack or not model.scan_layers) and batch > 1
 
 def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
@@ -194,8 +204,11 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   tokens, positions, segments = left_pad(prompts, prompt_len, pad_id)
   greedy = temperature == 0.0
   graphdef, state = nnx.split(model)
-  layers = (_unstacked_layers(graphdef, state)
-            if _unstack_for_decode(model) and max_new_tokens > 1 else None)
+  unstack, per_layer = _decode_layout(model, len(prompts))
+  decoding = max_new_tokens > 1
+  # One row: fused q/k/v and gate/up products (bound by reading the weights; slower from batch 8).
+  layers = (_unstacked_layers(graphdef, state, fuse_projections=len(prompts) == 1)
+            if unstack and decoding else None)
   prefill_rng, decode_rng = jax.random.split(jax.random.key(seed))
   sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p))
   first_B, cache = _prefill(graphdef, state, tokens, positions, segments, prefill_rng,
@@ -203,7 +216,7 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   stop_ids = np.asarray(sorted(set(stop_token_ids)) or [-1], np.int32)
   next_position = np.asarray([len(p) for p in prompts], np.int32)
   s = _start_state(cache, first_B, next_position, stop_ids, jnp.int32(pad_id), decode_rng,
-                   max_new_tokens=max_new_tokens)
+                   max_new_tokens=max_new_tokens, per_layer=per_layer and decoding)
   for i, cache_len in enumerate(lengths):
     if i > 0:
       # One host sync per segment (not per token): grow only if some row still generates.

@@ -138,20 +138,21 @@ def xla_attention(q_BxTxNxH: jax.Array, k_BxSxKxH: jax.Array, v_BxSxKxH: jax.Arr
   return out_BxTxKxGxH.reshape(b, t, n, h).astype(q_BxTxNxH.dtype)
 
 
-def cached_attention(q_BxTxNxH: jax.Array, k_BxKxSxH: jax.Array, v_BxKxSxH: jax.Array, *,
+def cached_attention(q_BxTxNxH: jax.Array, k_BxKxHxS: jax.Array, v_BxKxSxH: jax.Array, *,
                      q_segment_ids_BxT: jax.Array, kv_segment_ids_BxS: jax.Array, q_offset=0,
                      sliding_window=None, softcap: float | None = None) -> jax.Array:
-  """`xla_attention` over a KV cache kept kv-head-major ([B, K, S, H], see model/cache.py).
+  """`xla_attention` over a KV cache kept kv-head-major, keys transposed ([B, K, H, S]) and values
+  not ([B, K, S, H]; see model/cache.py for why).
 
-  Same masking and float32 softmax; only the layout differs, so that the einsums are batched over
-  (B, K) with the cache read in place: with slot-major keys XLA copied each layer's cache into this
-  layout at every decode step, a cost that grows with the cache."""
+  Same masking and float32 softmax; only the layout differs, so that both products are batched
+  matmuls over (B, K) with the cache read in place: with slot-major keys XLA copied each layer's
+  cache into this layout at every decode step, a cost that grows with the cache."""
   b, t, n, h = q_BxTxNxH.shape
-  k_heads = k_BxKxSxH.shape[1]
+  k_heads = k_BxKxHxS.shape[1]
   g = n // k_heads  # query heads per kv head: query head n uses kv head n // g (HF's repeat_kv)
   q_BxKxGTxH = q_BxTxNxH.reshape(b, t, k_heads, g, h).transpose(0, 2, 3, 1, 4).reshape(
       b, k_heads, g * t, h)
-  scores_BxKxGTxS = jnp.einsum("BKQH,BKSH->BKQS", q_BxKxGTxH, k_BxKxSxH,
+  scores_BxKxGTxS = jnp.einsum("BKQH,BKHS->BKQS", q_BxKxGTxH, k_BxKxHxS,
                                preferred_element_type=jnp.float32) * (h ** -0.5)
   if softcap is not None:
     scores_BxKxGTxS = jnp.tanh(scores_BxKxGTxS / softcap) * softcap

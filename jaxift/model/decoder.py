@@ -86,11 +86,23 @@ class Attention(nnx.Module):
     no_window = jnp.iinfo(jnp.int32).max
     return rope, jnp.where(is_sliding, cfg.sliding_window or no_window, no_window)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
-               ) -> tuple[jax.Array, LayerCache | None]:
-    q_BxTxNxH = self._project(x_BxTxD, "q")
-    k_BxTxKxH = self._project(x_BxTxD, "k")
-    v_BxTxKxH = self._project(x_BxTxD, "v")
+  def _project_qkv(self, x_BxTxD, qkv_kernel=None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """q, k, v: three products, or one with `qkv_kernel` ([embed, (heads + 2 kv_heads) *
+    head_dim], from `Decoder.unstacked_layers(fuse_projections=True)`)."""
+    if qkv_kernel is None:
+      return self._project(x_BxTxD, "q"), self._project(x_BxTxD, "k"), self._project(x_BxTxD, "v")
+    cfg = self.cfg
+    n, k = cfg.num_attention_heads, cfg.num_key_value_heads
+    qkv = L.matmul_2d(x_BxTxD, qkv_kernel.astype(self.dtype))
+    split = jnp.split(qkv.reshape(*qkv.shape[:-1], n + 2 * k, cfg.head_dim), [n, n + k], axis=-2)
+    if cfg.attention_bias:
+      split = [y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
+               for y, name in zip(split, "qkv")]
+    return tuple(split)
+
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None,
+               qkv_kernel=None) -> tuple[jax.Array, LayerCache | None]:
+    q_BxTxNxH, k_BxTxKxH, v_BxTxKxH = self._project_qkv(x_BxTxD, qkv_kernel)
     if self.cfg.qk_norm:
       q_BxTxNxH, k_BxTxKxH = self.q_norm(q_BxTxNxH), self.k_norm(k_BxTxKxH)
     rope, window = self._layer_kind(rope, layer)
@@ -105,9 +117,9 @@ class Attention(nnx.Module):
       keys, values, kv_segments, offset = k_BxTxKxH, v_BxTxKxH, segment_ids_BxT, 0
     else:  # write the new tokens into this layer's cache slots, attend over the whole cache
       kv = kv.write(k_BxTxKxH, v_BxTxKxH)
-      keys_BxKxSxH, values_BxKxSxH = kv.keys_values(self.dtype)
+      keys_BxKxHxS, values_BxKxSxH = kv.keys_values(self.dtype)
       out_BxTxNxH = attention_lib.cached_attention(
-          q_BxTxNxH, keys_BxKxSxH, values_BxKxSxH, q_segment_ids_BxT=segment_ids_BxT,
+          q_BxTxNxH, keys_BxKxHxS, values_BxKxSxH, q_segment_ids_BxT=segment_ids_BxT,
           kv_segment_ids_BxS=kv.segment_ids, q_offset=kv.index, sliding_window=window,
           softcap=self.cfg.attn_logit_softcapping)
       return self._output(out_BxTxNxH), kv
@@ -148,9 +160,17 @@ class Mlp(nnx.Module):
       y = y + getattr(self, f"{name}_bias")[...].astype(self.dtype)
     return y
 
-  def __call__(self, x_BxTxD):
+  def __call__(self, x_BxTxD, gate_up_kernel=None):
+    """`gate_up_kernel`: [embed, 2 mlp], gate and up in one product (see `Attention._project_qkv`)."""
     act = L.activation(self.cfg.hidden_act)  # looked up here: the graphdef stays hashable/equal
-    if self.gated:
+    if self.gated and gate_up_kernel is not None:
+      gate_BxTxF, up_BxTxF = jnp.split(L.matmul_2d(x_BxTxD, gate_up_kernel.astype(self.dtype)), 2,
+                                       axis=-1)
+      if self.cfg.mlp_bias:
+        gate_BxTxF = gate_BxTxF + self.gate_bias[...].astype(self.dtype)
+        up_BxTxF = up_BxTxF + self.up_bias[...].astype(self.dtype)
+      h_BxTxF = act(gate_BxTxF) * up_BxTxF
+    elif self.gated:
       h_BxTxF = act(self._dense(x_BxTxD, "gate")) * self._dense(x_BxTxD, "up")
     else:
       h_BxTxF = act(self._dense(x_BxTxD, "up"))
@@ -172,18 +192,21 @@ class Block(nnx.Module):
       self.post_attn_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
       self.post_mlp_norm = L.make_norm(cfg, cfg.hidden_size, rngs=rngs, param_dtype=param_dtype)
 
-  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None
-               ) -> tuple[jax.Array, LayerCache | None]:
+  def __call__(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layer=None,
+               fused: dict | None = None) -> tuple[jax.Array, LayerCache | None]:
+    """`fused`: {'qkv': kernel, 'gate_up': kernel} from `Decoder.unstacked_layers`, or None."""
+    fused = fused or {}
     # Named scopes tag the compiled ops for the per-op profile (jaxift.tools.profile_step).
     normed_BxTxD = self.attn_norm(x_BxTxD)
     with jax.named_scope("attention"):
-      y_BxTxD, kv = self.attn(normed_BxTxD, rope, segment_ids_BxT, kv, layer)
+      y_BxTxD, kv = self.attn(normed_BxTxD, rope, segment_ids_BxT, kv, layer,
+                              qkv_kernel=fused.get("qkv"))
     if self.post_norms:
       y_BxTxD = self.post_attn_norm(y_BxTxD)
     x_BxTxD = x_BxTxD + y_BxTxD
     normed_BxTxD = self.mlp_norm(x_BxTxD)
     with jax.named_scope("mlp"):
-      y_BxTxD = self.mlp(normed_BxTxD)
+      y_BxTxD = self.mlp(normed_BxTxD, gate_up_kernel=fused.get("gate_up"))
     if self.post_norms:
       y_BxTxD = self.post_mlp_norm(y_BxTxD)
     return x_BxTxD + y_BxTxD, kv
@@ -240,27 +263,46 @@ class Decoder(nnx.Module):
       x_BxTxD = x_BxTxD + self.pos_embedding[...][positions_BxT].astype(self.dtype)
     return x_BxTxD
 
-  def unstacked_layers(self) -> tuple | None:
-    """With `scan_layers`: each layer's parameters as arrays of their own (one `nnx.State` per
-    layer, sliced from the stacked ones), for `forward_with_cache(layers=...)`; None otherwise.
+  def unstacked_layers(self, fuse_projections: bool = False) -> tuple | None:
+    """With `scan_layers`: each layer's parameters as arrays of their own, for
+    `forward_with_cache(layers=...)`; None otherwise. One {'state': nnx.State sliced from the
+    stacked one, 'fused': None or {'qkv': [embed, (heads + 2 kv_heads) * head_dim], 'gate_up':
+    [embed, 2 mlp]}} per layer.
 
     Why: a scanned layer slices its kernels out of the stacked arrays at every call, and XLA:CPU
     copies each slice before its matmul: at decode, one token per row, that copy costs as much as
     the matmuls (every weight is read twice and written once per step). Sliced once, outside the
-    decode loop, the copy is paid once per generate call instead of once per token."""
+    decode loop, the copy is paid once per generate call instead of once per token.
+    `fuse_projections` also concatenates q/k/v and gate/up into one kernel each (plain layers only,
+    not LoRA or quantized ones): at one token per step the products are bound by reading the
+    weights, and five products become two (-20% of a batch-1 SmolLM2 step's matmul time on
+    XLA:CPU; slower at batch 8 and more, docs/benchmarks.md)."""
     if not self.scan_layers:
       return None
     state = nnx.state(self.layers)
-    return tuple(jax.tree.map(lambda a, i=i: a[i], state)
+    fuse = (fuse_projections and type(self.layers.attn) is Attention  # pylint: disable=unidiomatic-typecheck
+            and type(self.layers.mlp) is Mlp and self.layers.mlp.gated  # pylint: disable=unidiomatic-typecheck
+            and all(isinstance(getattr(m, f"{name}_kernel"), nnx.Param)
+                    for m, names in ((self.layers.attn, "qkv"), (self.layers.mlp, ("gate", "up")))
+                    for name in names))
+    fused = None
+    if fuse:
+      attn, mlp = self.layers.attn, self.layers.mlp
+      n_layers, d = self.cfg.num_hidden_layers, self.cfg.hidden_size
+      qkv = jnp.concatenate([getattr(attn, f"{name}_kernel")[...].reshape(n_layers, d, -1)
+                             for name in "qkv"], axis=-1)
+      gate_up = jnp.concatenate([mlp.gate_kernel[...], mlp.up_kernel[...]], axis=-1)
+    return tuple({"state": jax.tree.map(lambda a, i=i: a[i], state),
+                  "fused": {"qkv": qkv[i], "gate_up": gate_up[i]} if fuse else fused}
                  for i in range(self.cfg.num_hidden_layers))
 
   def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layers=None):
     policy = remat_policy_fn(self.remat_policy)
 
-    def apply_block(graphdef, state, x, kv, layer):
+    def apply_block(graphdef, state, x, kv, layer, fused=None):
       block = nnx.merge(graphdef, state)
       return block(x, rope, segment_ids_BxT, None if kv is None else kv.replace(layer=layer),
-                   layer)
+                   layer, fused)
 
     if policy is not None:  # unstacked layers keep their index static (gemma3 layer types)
       apply_block = jax.checkpoint(apply_block, policy=policy,
@@ -268,9 +310,12 @@ class Decoder(nnx.Module):
 
     if self.scan_layers and layers is not None:  # stacked parameters, sliced by the caller
       graphdef = nnx.graphdef(self.layers)
-      for i, layer_state in enumerate(layers):
-        x_BxTxD, kv = apply_block(graphdef, layer_state, x_BxTxD, kv, i)
+      for i, layer in enumerate(layers):
+        x_BxTxD, kv = apply_block(graphdef, layer["state"], x_BxTxD, kv, i, layer["fused"])
     elif self.scan_layers:
+      if kv is not None and isinstance(kv.k, tuple):
+        raise ValueError("a per-layer KV cache needs the layers run one by one: pass "
+                         "forward_with_cache(layers=model.unstacked_layers())")
       graphdef, state = nnx.split(self.layers)
 
       def body(carry, xs):

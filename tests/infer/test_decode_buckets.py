@@ -86,7 +86,8 @@ def test_all_rows_stopping_early_ends_generation(tiny_decoder):
 
 @pytest.mark.parametrize("window,softcap", [(None, None), (5, None), (None, 30.0)])
 def test_cached_attention_equals_reference_kernel(window, softcap):
-  """The kv-head-major cached attention against `xla_attention` on slot-major keys: queries at
+  """The kv-head-major cached attention (keys [B, K, H, S], values [B, K, S, H]) against
+  `xla_attention` on slot-major keys and values: queries at
   slots 6..7 of a 12-slot cache, left padding, GQA with 2 query heads per kv head."""
   b, t, s, n, k, h = 2, 2, 12, 4, 2, 8
   rng = np.random.default_rng(0)
@@ -100,7 +101,7 @@ def test_cached_attention_equals_reference_kernel(window, softcap):
   expected = attention.xla_attention(q, keys, values, q_segment_ids_BxT=q_seg,
                                      kv_segment_ids_BxS=kv_seg, q_offset=6,
                                      sliding_window=window, softcap=softcap)
-  got = attention.cached_attention(q, keys.transpose(0, 2, 1, 3), values.transpose(0, 2, 1, 3),
+  got = attention.cached_attention(q, keys.transpose(0, 2, 3, 1), values.transpose(0, 2, 1, 3),
                                    q_segment_ids_BxT=q_seg, kv_segment_ids_BxS=kv_seg, q_offset=6,
                                    sliding_window=window, softcap=softcap)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)

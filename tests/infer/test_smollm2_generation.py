@@ -49,6 +49,25 @@ def test_greedy_batch_is_token_identical_to_transformers(smollm2_jax, smollm2_to
   assert any(len(g) > 5 for g in ours)
 
 
+@pytest.mark.parametrize("which", [0, 3])
+def test_greedy_single_prompt_is_token_identical_to_transformers(which, smollm2_jax, smollm2_torch,
+                                                                 smollm2_tokenizer):
+  """Batch 1 decodes differently on the CPU (a stacked KV cache, q/k/v and gate/up products
+  fused, see sampler._decode_layout): the shortest and the longest prompt, unpadded."""
+  prompt = _chat_prompt(smollm2_tokenizer, INSTRUCTIONS[which])
+  stop_ids = tokenize.stop_token_ids(smollm2_tokenizer)
+  ours = sampler.generate_tokens(smollm2_jax, [prompt], max_new_tokens=MAX_NEW_TOKENS,
+                                 stop_token_ids=stop_ids)[0]
+  with torch.no_grad():
+    out = smollm2_torch.generate(torch.tensor([prompt]), do_sample=False,
+                                 max_new_tokens=MAX_NEW_TOKENS, eos_token_id=stop_ids,
+                                 pad_token_id=stop_ids[0])
+  expected = out[0, len(prompt):].tolist()
+  cut = next((i for i, t in enumerate(expected) if t in stop_ids), len(expected))
+  assert ours == expected[:cut] and len(ours) > 5, (smollm2_tokenizer.decode(ours),
+                                                    smollm2_tokenizer.decode(expected))
+
+
 def test_choice_loglikelihoods_match_transformers(smollm2_jax, smollm2_torch, smollm2_tokenizer):
   context = list(smollm2_tokenizer.encode("Question: What color is the sky on a clear day?\nAnswer:",
                                           add_special_tokens=False))

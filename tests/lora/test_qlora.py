@@ -126,7 +126,7 @@ def test_greedy_decoding_over_unstacked_quantized_layers_equals_the_scan(base_ch
   randomize_adapters(model, 0)
   prompts = [[3, 9, 4, 1], [7, 2]]
   unstacked = sampler.generate_tokens(model, prompts, max_new_tokens=12, cache_bucket=4)
-  monkeypatch.setattr(sampler, "_unstack_for_decode", lambda m: False)
+  monkeypatch.setattr(sampler, "_decode_layout", lambda m, batch: (False, False))
   scanned = sampler.generate_tokens(model, prompts, max_new_tokens=12, cache_bucket=4)
   assert unstacked == scanned and all(len(row) == 12 for row in unstacked)
 

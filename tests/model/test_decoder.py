@@ -49,12 +49,16 @@ def test_causal_and_segment_isolated(case, tiny_checkpoint):
     assert np.all(g[seg_start:t + 1] > 0), (t, g)  # but everything in its own past
 
 
-@pytest.mark.parametrize("layout", ["unrolled", "scan", "unstacked"])
-def test_cached_decoding_equals_full_forward(layout, tiny_checkpoint):
+@pytest.mark.parametrize("case,layout", [("llama3_rope_untied", "unrolled"),
+                                         ("llama3_rope_untied", "scan"),
+                                         ("llama3_rope_untied", "unstacked"),
+                                         ("llama3_rope_untied", "fused"), ("qwen2_tied", "fused")])
+def test_cached_decoding_equals_full_forward(case, layout, tiny_checkpoint):
   """Left-padded prompts of different lengths, prefill then one token at a time, all jitted.
   'unstacked': scanned weights, decoded over `unstacked_layers()` as the CPU sampler does; the
-  prefill's last-column logits (`last_logits_only`) are the full forward's last column."""
-  directory, torch_model = tiny_checkpoint("llama3_rope_untied")
+  prefill's last-column logits (`last_logits_only`) are the full forward's last column. 'fused':
+  the same with q/k/v and gate/up concatenated (qwen2: with the q/k/v biases)."""
+  directory, torch_model = tiny_checkpoint(case)
   model, _ = load_model(directory, scan_layers=layout != "unrolled")
   graphdef, state = nnx.split(model)
   seqs = random_examples(5, (7, 10))  # prompt = all but the last 4 tokens
@@ -69,13 +73,16 @@ def test_cached_decoding_equals_full_forward(layout, tiny_checkpoint):
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
     m = nnx.merge(graphdef, state)
-    unstacked = layout == "unstacked"
+    unstacked = layout in ("unstacked", "fused")
+    layers = m.unstacked_layers(fuse_projections=layout == "fused") if unstacked else None
+    assert layers is None or all((layer["fused"] is not None) == (layout == "fused")
+                                 for layer in layers)
     return m.forward_with_cache(tok, pos, seg, cache, index, last_logits_only=unstacked,
-                                layers=m.unstacked_layers() if unstacked else None)
+                                layers=layers)
 
   cache = model.init_cache(2, p + 4)
   logits, cache = step(state, cache, tokens, positions, segments, 0)
-  assert logits.shape[1] == (1 if layout == "unstacked" else p)
+  assert logits.shape[1] == (1 if layout in ("unstacked", "fused") else p)
   got = [[logits[b, -1]] for b in range(2)]
   for k in range(3):  # feed the known next tokens one by one
     tok = np.array([[s[n + k]] for s, n in zip(seqs, prompt_lens)], np.int32)

@@ -64,11 +64,13 @@ def test_gemma3_sliding_window_matters(tiny_checkpoint):
 
 
 @pytest.mark.parametrize("case,layout", [("gemma3_text", "unrolled"), ("gemma3_text", "scan"),
-                                         ("gemma3_text", "unstacked"), ("phi3_longrope", "scan")])
+                                         ("gemma3_text", "unstacked"), ("gemma3_text", "fused"),
+                                         ("phi3_longrope", "scan")])
 def test_cached_decoding_matches_transformers(case, layout, tiny_checkpoint):
   """Left-padded prompts, prefill then token by token through the cache, past the window.
   'unstacked': scanned weights decoded over `unstacked_layers()` (the sampler on the CPU), where
-  each layer's type (sliding or global) is static instead of selected under the scan."""
+  each layer's type (sliding or global) is static instead of selected under the scan; 'fused':
+  the same with q/k/v and gate/up as one product each (gemma3: q/k norms after the split)."""
   directory, torch_model = tiny_checkpoint(case)
   model, _ = load_model(directory, scan_layers=layout != "unrolled")
   graphdef, state = nnx.split(model)
@@ -82,7 +84,8 @@ def test_cached_decoding_matches_transformers(case, layout, tiny_checkpoint):
   @jax.jit
   def step(state, cache, tok, pos, seg, index):
     m = nnx.merge(graphdef, state)
-    layers = m.unstacked_layers() if layout == "unstacked" else None
+    layers = (m.unstacked_layers(fuse_projections=layout == "fused")
+              if layout in ("unstacked", "fused") else None)
     return m.forward_with_cache(tok, pos, seg, cache, index, layers=layers)
 
   cache = model.init_cache(2, p + 5)
