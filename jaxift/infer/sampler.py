@@ -45,16 +45,18 @@ def left_pad(prompts: Sequence[Sequence[int]], length: int, pad_id: int
     segments[b, length - n:] = 1
   return tokens, positions, segments
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy"))
+@functools.partial(jax.jit, static_argnames=("graphdef", "cache_len", "greedy", "per_layer"))
 def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temperature, top_k,
-             top_p, *, cache_len: int, greedy: bool):
+             top_p, *, cache_len: int, greedy: bool, per_layer: bool):
+  """The first new token and the cache holding the prompt (per layer for the decode if asked:
+  the prefill itself may be a scan over layers, which writes a stacked cache)."""
   model = nnx.merge(graphdef, state)
   cache = model.init_cache(tokens_BxP.shape[0], cache_len)
   logits_Bx1xV, cache = model.forward_with_cache(tokens_BxP, positions_BxP, segments_BxP, cache,
                                                  cache_index=0, **_last_only(model))
   first_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), rng, greedy=greedy,
                                  temperature=temperature, top_k=top_k, top_p=top_p)
-  return first_B, cache
+  return first_B, cache.per_layer() if per_layer else cache
 
 def _last_only(model) -> dict:
   """forward_with_cache's keyword for last-column logits, where the model has it."""
@@ -75,12 +77,9 @@ class DecodeState:
   out_BxN: jax.Array  # generated tokens so far (pad_id after a row is done)
   rng: jax.Array
 
-@functools.partial(jax.jit, static_argnames=("max_new_tokens", "per_layer"),
-                   donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("max_new_tokens",), donate_argnames=("cache",))
 def _start_state(cache, first_B, next_position_B, stop_ids_S, pad_id, rng, *,
-                 max_new_tokens: int, per_layer: bool) -> DecodeState:
-  if per_layer:  # the prefill (a scan over layers, maybe) wrote a stacked cache
-    cache = cache.per_layer()
+                 max_new_tokens: int) -> DecodeState:
   return DecodeState(
       step=jnp.int32(1), cache=cache, token_B=first_B, position_B=next_position_B,
       done_B=jnp.isin(first_B, stop_ids_S),
@@ -212,11 +211,12 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   prefill_rng, decode_rng = jax.random.split(jax.random.key(seed))
   sampling_args = (jnp.float32(max(temperature, 1e-6)), jnp.int32(top_k), jnp.float32(top_p))
   first_B, cache = _prefill(graphdef, state, tokens, positions, segments, prefill_rng,
-                            *sampling_args, cache_len=lengths[0], greedy=greedy)
+                            *sampling_args, cache_len=lengths[0], greedy=greedy,
+                            per_layer=per_layer and decoding)
   stop_ids = np.asarray(sorted(set(stop_token_ids)) or [-1], np.int32)
   next_position = np.asarray([len(p) for p in prompts], np.int32)
   s = _start_state(cache, first_B, next_position, stop_ids, jnp.int32(pad_id), decode_rng,
-                   max_new_tokens=max_new_tokens, per_layer=per_layer and decoding)
+                   max_new_tokens=max_new_tokens)
   for i, cache_len in enumerate(lengths):
     if i > 0:
       # One host sync per segment (not per token): grow only if some row still generates.
