@@ -132,6 +132,21 @@ def _grow_cache(graphdef, state, s: DecodeState, *, cache_len: int) -> DecodeSta
       new, old.astype(new.dtype), (0,) * old.ndim), empty, s.cache)
   return s.replace(cache=cache)
 
+@jax.jit
+def _take_rows(s: DecodeState, rows_b, filler_b) -> DecodeState:
+  """The decode state of rows `rows_b` (a smaller batch); `filler_b` rows are marked done."""
+  def take(a, axis=0):
+    return jnp.take(a, rows_b, axis=axis)
+  if isinstance(s.cache, KVCache):
+    stacked = 0 if s.cache.is_per_layer else 1  # [layers, batch, ...] or per layer [batch, ...]
+    cache = KVCache(k=jax.tree.map(lambda a: take(a, stacked), s.cache.k),
+                    v=jax.tree.map(lambda a: take(a, stacked), s.cache.v),
+                    segment_ids=take(s.cache.segment_ids))
+  else:  # another model's cache: batch-major leaves
+    cache = jax.tree.map(take, s.cache)
+  return s.replace(cache=cache, token_B=take(s.token_B), position_B=take(s.position_B),
+                   done_B=take(s.done_B) | filler_b, out_BxN=take(s.out_BxN))
+
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
 
@@ -179,7 +194,8 @@ def _decode_layout(model, batch: int) -> tuple[bool, bool]:
 def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
                     temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0,
                     stop_token_ids: Sequence[int] = (), pad_id: int = 0, seed: int = 0,
-                    prompt_bucket: int = 16, cache_bucket: int = 32) -> list[list[int]]:
+                    prompt_bucket: int = 16, cache_bucket: int = 32, check_every: int = 32,
+                    drop_finished: bool = True) -> list[list[int]]:
   """New token ids per prompt, cut before the first stop token (which is not included).
 
   temperature 0 is greedy (argmax); otherwise tokens are drawn after temperature, top-k (0 = off)
@@ -187,6 +203,12 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   at least `cache_bucket` new tokens and grows (one decode segment per size, see
   `cache_lengths`) only while some row is still generating; `cache_bucket >= max_new_tokens`
   allocates it all at once.
+
+  Every `check_every` steps the host looks at which rows have stopped (one small transfer): when
+  every row has, generation ends; with `drop_finished`, when the rows still generating fit in
+  half the batch, they continue as a batch of the next power of two (the finished rows' tokens
+  are kept), so a batch whose one row runs to `max_new_tokens` does not keep paying for the
+  others. Greedy tokens do not depend on it; sampled ones do (the batch's draws are split anew).
   """
   if not prompts:
     return []
@@ -217,20 +239,36 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
   next_position = np.asarray([len(p) for p in prompts], np.int32)
   s = _start_state(cache, first_B, next_position, stop_ids, jnp.int32(pad_id), decode_rng,
                    max_new_tokens=max_new_tokens)
+  rows = np.arange(len(prompts))  # the prompt of each row of the (maybe shrunk) batch; -1 filler
+  out = np.full((len(prompts), max_new_tokens), pad_id, np.int32)
+  step, done = 1, np.asarray(s.done_B)
   for i, cache_len in enumerate(lengths):
+    if done.all():
+      break
     if i > 0:
-      # One host sync per segment (not per token): grow only if some row still generates.
-      if bool(jnp.all(s.done_B)):
-        break
       s = _grow_cache(graphdef, state, s, cache_len=cache_len)
     # Step `k` writes slot prompt_len + k - 1: this cache serves steps up to cache_len - prompt_len.
-    s = _decode_segment(graphdef, state, layers, s,
-                        jnp.int32(min(cache_len - prompt_len + 1, max_new_tokens)),
-                        jnp.int32(prompt_len), stop_ids, jnp.int32(pad_id), *sampling_args,
-                        greedy=greedy)
+    last = min(cache_len - prompt_len + 1, max_new_tokens)
+    while step < last and not done.all():
+      step = min(step + max(check_every, 1), last)
+      s = _decode_segment(graphdef, state, layers, s, jnp.int32(step), jnp.int32(prompt_len),
+                          stop_ids, jnp.int32(pad_id), *sampling_args, greedy=greedy)
+      done = np.asarray(s.done_B)  # one host sync per `check_every` steps, not per token
+      active = np.flatnonzero(~done)
+      smaller = 1 << max(len(active) - 1, 0).bit_length()
+      if drop_finished and 0 < len(active) and smaller <= len(done) // 2:
+        real = rows >= 0
+        out[rows[real]] = np.asarray(s.out_BxN)[real]
+        take = np.concatenate([active, np.full(smaller - len(active), active[0])])
+        filler = np.arange(smaller) >= len(active)
+        s = _take_rows(s, take.astype(np.int32), filler)
+        rows = np.where(filler, -1, rows[take])
+        done = np.asarray(s.done_B)
+  real = rows >= 0
+  out[rows[real]] = np.asarray(s.out_BxN)[real]
   results = []
   stop_set = set(int(t) for t in stop_token_ids)
-  for row in np.asarray(s.out_BxN).tolist():
+  for row in out.tolist():
     cut = next((i for i, t in enumerate(row) if t in stop_set), len(row))
     results.append(row[:cut])
   return results

@@ -105,3 +105,62 @@ def test_cached_attention_equals_reference_kernel(window, softcap):
                                    q_segment_ids_BxT=q_seg, kv_segment_ids_BxS=kv_seg, q_offset=6,
                                    sliding_window=window, softcap=softcap)
   np.testing.assert_allclose(np.asarray(got), np.asarray(expected), rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture
+def take_rows_calls(monkeypatch):
+  """Counts the sampler's batch shrinks (`_take_rows` calls) and the batch sizes they produce."""
+  calls = []
+  original = sampler._take_rows
+
+  def spy(s, rows, filler):
+    calls.append(len(rows))
+    return original(s, rows, filler)
+  monkeypatch.setattr(sampler, "_take_rows", spy)
+  return calls
+
+
+def test_stub_rows_that_stop_leave_the_batch(take_rows_calls):
+  """Six rows stopping at different steps, checked every 2 steps: the batch shrinks (6 -> 2 -> 1
+  rows still generating) and every row still equals its Python reference, cut at its stop."""
+  stub = CountingModel()
+  prompts = [[5], [1, 2, 3, 4, 5, 6, 7], [96, 95], [3], [40, 41], [8, 8, 8]]
+  free = [reference_continuation(p, 30) for p in prompts]
+  stop = frozenset({free[0][2], free[1][5], free[2][3], free[3][1], free[4][20]})
+  expected = [reference_continuation(p, 30, stop=stop) for p in prompts]
+  assert sorted(len(e) for e in expected)[-2:] != [30, 30]  # at most one row runs to the limit
+  out = sampler.generate_tokens(stub, prompts, max_new_tokens=30, stop_token_ids=sorted(stop),
+                                prompt_bucket=8, cache_bucket=4, check_every=2)
+  assert out == expected
+  assert take_rows_calls and all(n <= 3 for n in take_rows_calls), take_rows_calls
+
+
+@pytest.mark.parametrize("layout", ["cpu", "stacked"])
+def test_dropping_finished_rows_keeps_every_token(tiny_decoder, layout, take_rows_calls,
+                                                   monkeypatch):
+  """A real decoder (scanned weights; on the CPU decoded over per-layer slices and a per-layer
+  cache, 'stacked': the scan and the stacked cache of accelerators): rows stopping at different
+  steps give the same tokens whether finished rows leave the batch or stay in it, and the same as
+  one full-length cache checked once."""
+  from flax import nnx  # pylint: disable=import-outside-toplevel
+  from jaxift.model.decoder import Decoder  # pylint: disable=import-outside-toplevel
+  scanned = Decoder(tiny_decoder.cfg, rngs=nnx.Rngs(0), scan_layers=True)
+  # Weights far from init scale, so the next token depends on the whole cache, not mostly on the
+  # last token: a row continuing on another row's cache then shows in its tokens.
+  for _, var in nnx.to_flat_state(nnx.state(scanned, nnx.Param)):
+    var.set_value(var[...] * 25.0)
+  if layout == "stacked":
+    monkeypatch.setattr(sampler, "_decode_layout", lambda m, batch: (False, False))
+  n = 24
+  free = sampler.generate_tokens(scanned, PROMPTS, max_new_tokens=n, cache_bucket=n,
+                                 drop_finished=False)
+  stop = sorted({free[0][1], free[1][4], free[3][6]} - set(free[2]))
+  kwargs = dict(max_new_tokens=n, stop_token_ids=stop, cache_bucket=4, check_every=3)
+  kept = sampler.generate_tokens(scanned, PROMPTS, drop_finished=False, **kwargs)
+  assert not take_rows_calls
+  dropped = sampler.generate_tokens(scanned, PROMPTS, **kwargs)
+  assert take_rows_calls  # the batch of 4 did shrink
+  once = sampler.generate_tokens(scanned, PROMPTS, max_new_tokens=n, stop_token_ids=stop,
+                                 cache_bucket=n, check_every=n, drop_finished=False)
+  assert dropped == kept == once
+  assert len(dropped[2]) == n and min(len(row) for row in dropped) < n

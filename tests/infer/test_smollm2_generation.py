@@ -27,13 +27,19 @@ def _chat_prompt(tokenizer, text: str) -> list[int]:
 
 
 def test_greedy_batch_is_token_identical_to_transformers(smollm2_jax, smollm2_torch,
-                                                          smollm2_tokenizer):
+                                                          smollm2_tokenizer, monkeypatch):
   prompts = [_chat_prompt(smollm2_tokenizer, t) for t in INSTRUCTIONS]
   assert len({len(p) for p in prompts}) > 1, "prompts should differ in length to test padding"
   stop_ids = tokenize.stop_token_ids(smollm2_tokenizer)
   assert smollm2_tokenizer.convert_tokens_to_ids("<|im_end|>") in stop_ids
+  shrinks = []
+  take_rows = sampler._take_rows
+  monkeypatch.setattr(sampler, "_take_rows", lambda s, rows, filler: (
+      shrinks.append(len(rows)), take_rows(s, rows, filler))[1])
+  # Checked every 4 steps: rows that stopped leave the batch (see sampler.generate_tokens).
   ours = sampler.generate_tokens(smollm2_jax, prompts, max_new_tokens=MAX_NEW_TOKENS,
-                                 stop_token_ids=stop_ids)
+                                 stop_token_ids=stop_ids, check_every=4)
+  assert shrinks, [len(g) for g in ours]  # three rows stop early: the last two go on alone
   # transformers batched: left padding + attention mask (it derives positions from the mask).
   width = max(len(p) for p in prompts)
   input_ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
