@@ -6,16 +6,19 @@ segment id 1, and positions count from 0 at each row's first real token (the mod
 docs/design.md). The prefill writes cache slots 0..P-1 and samples the first new token from the
 last column; the decode loop feeds one token per step at slot P+step-1, with position
 `prompt_len + step - 1`, until every row has emitted a stop token or `max_new_tokens` is reached.
-Rows that stopped keep running (batched) but their outputs are masked to `pad_id`.
+Rows that stopped are masked to `pad_id`; once the rows still generating fit in half the batch
+they go on as a smaller batch (`drop_finished`).
 
 Every decode step attends over the whole cache it is given (slots beyond the filled ones are
-masked, but still cost reads), so the cache does not start at P + max_new_tokens slots: it starts
-with `cache_bucket` new-token slots and doubles between decode segments (`cache_buckets`), one
-`while_loop` per size, with the loop state donated so the cache is updated in place. The host looks
-at the state only between segments (has every row stopped?), never per token.
+masked, but still cost reads), so the cache does not start at P + max_new_tokens slots: it grows
+through a few lengths from one ladder (`cache_lengths`), with the loop state donated so the cache
+is updated in place. The host looks at the state every `check_every` steps (which rows have
+stopped?), never per token.
 
-The jitted functions take the model as `nnx.split` state with the graphdef static, so compiled
-code is reused across calls and across models with the same structure and shapes.
+On the CPU a scanned model decodes over per-layer slices of its weights taken once per call
+(`_decode_layout`, `Decoder.unstacked_layers`). The jitted functions take the model as
+`nnx.split` state with the graphdef static, so compiled code is reused across calls and across
+models with the same structure and shapes.
 """
 import functools
 from collections.abc import Sequence
@@ -53,14 +56,10 @@ def _prefill(graphdef, state, tokens_BxP, positions_BxP, segments_BxP, rng, temp
   model = nnx.merge(graphdef, state)
   cache = model.init_cache(tokens_BxP.shape[0], cache_len)
   logits_Bx1xV, cache = model.forward_with_cache(tokens_BxP, positions_BxP, segments_BxP, cache,
-                                                 cache_index=0, **_last_only(model))
+                                                 cache_index=0, last_logits_only=True)
   first_B = sampling.select_next(logits_Bx1xV[:, -1].astype(jnp.float32), rng, greedy=greedy,
                                  temperature=temperature, top_k=top_k, top_p=top_p)
   return first_B, cache.per_layer() if per_layer else cache
-
-def _last_only(model) -> dict:
-  """forward_with_cache's keyword for last-column logits, where the model has it."""
-  return {"last_logits_only": True} if hasattr(model, "unstacked_layers") else {}
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "fuse_projections"))
 def _unstacked_layers(graphdef, state, *, fuse_projections: bool):
@@ -146,6 +145,26 @@ def _take_rows(s: DecodeState, rows_b, filler_b) -> DecodeState:
     cache = jax.tree.map(take, s.cache)
   return s.replace(cache=cache, token_B=take(s.token_B), position_B=take(s.position_B),
                    done_B=take(s.done_B) | filler_b, out_BxN=take(s.out_BxN))
+
+def _keep_tokens(s: DecodeState, rows: np.ndarray, out_PxN: np.ndarray) -> None:
+  """Copies the batch's generated tokens into their prompts' rows of `out_PxN` (not fillers')."""
+  real = rows >= 0
+  out_PxN[rows[real]] = np.asarray(s.out_BxN)[real]
+
+def _drop_finished_rows(s: DecodeState, rows: np.ndarray, done: np.ndarray, out_PxN: np.ndarray
+                        ) -> tuple[DecodeState, np.ndarray, np.ndarray]:
+  """(state, rows, done) of a smaller batch once the rows still generating fit in half of it: a
+  batch of the next power of two (copies of one row, marked done, fill it up), the finished rows'
+  tokens kept in `out_PxN`; the same batch otherwise. `rows`: each row's prompt, -1 for fillers."""
+  active = np.flatnonzero(~done)
+  smaller = 1 << max(len(active) - 1, 0).bit_length()
+  if not 0 < len(active) or smaller > len(done) // 2:
+    return s, rows, done
+  _keep_tokens(s, rows, out_PxN)
+  take = np.concatenate([active, np.full(smaller - len(active), active[0])]).astype(np.int32)
+  filler = np.arange(smaller) >= len(active)
+  s = _take_rows(s, take, filler)
+  return s, np.where(filler, -1, rows[take]), np.asarray(s.done_B)
 
 def _round_up(n: int, multiple: int) -> int:
   return -(-n // multiple) * multiple
@@ -254,18 +273,9 @@ def generate_tokens(model: nnx.Module, prompts: Sequence[Sequence[int]], *, max_
       s = _decode_segment(graphdef, state, layers, s, jnp.int32(step), jnp.int32(prompt_len),
                           stop_ids, jnp.int32(pad_id), *sampling_args, greedy=greedy)
       done = np.asarray(s.done_B)  # one host sync per `check_every` steps, not per token
-      active = np.flatnonzero(~done)
-      smaller = 1 << max(len(active) - 1, 0).bit_length()
-      if drop_finished and 0 < len(active) and smaller <= len(done) // 2:
-        real = rows >= 0
-        out[rows[real]] = np.asarray(s.out_BxN)[real]
-        take = np.concatenate([active, np.full(smaller - len(active), active[0])])
-        filler = np.arange(smaller) >= len(active)
-        s = _take_rows(s, take.astype(np.int32), filler)
-        rows = np.where(filler, -1, rows[take])
-        done = np.asarray(s.done_B)
-  real = rows >= 0
-  out[rows[real]] = np.asarray(s.out_BxN)[real]
+      if drop_finished:
+        s, rows, done = _drop_finished_rows(s, rows, done, out)
+  _keep_tokens(s, rows, out)
   results = []
   stop_set = set(int(t) for t in stop_token_ids)
   for row in out.tolist():

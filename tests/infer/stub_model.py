@@ -19,7 +19,8 @@ class CountingModel(nnx.Module):
     return {"tokens": jnp.zeros((batch, max_len), jnp.int32),
             "segments": jnp.zeros((batch, max_len), jnp.int32)}
 
-  def forward_with_cache(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index):
+  def forward_with_cache(self, inputs_BxT, positions_BxT, segment_ids_BxT, cache, cache_index, *,
+                         last_logits_only: bool = False):
     tokens_BxL = jax.lax.dynamic_update_slice(cache["tokens"], inputs_BxT, (0, cache_index))
     segments_BxL = jax.lax.dynamic_update_slice(cache["segments"], segment_ids_BxT,
                                                 (0, cache_index))
@@ -31,6 +32,8 @@ class CountingModel(nnx.Module):
     total_BxT = jnp.sum(jnp.where(attend_BxTxL, tokens_BxL[:, None, :], 0), axis=-1)
     next_BxT = (total_BxT + 3 * positions_BxT) % self.vocab
     logits = jax.nn.one_hot(next_BxT, self.vocab) * self.scale.value
+    if last_logits_only:
+      logits = logits[:, -1:]
     return logits, {"tokens": tokens_BxL, "segments": segments_BxL}
 
 
