@@ -285,7 +285,6 @@ class Decoder(nnx.Module):
             and all(isinstance(getattr(m, f"{name}_kernel"), nnx.Param)
                     for m, names in ((self.layers.attn, "qkv"), (self.layers.mlp, ("gate", "up")))
                     for name in names))
-    fused = None
     if fuse:
       attn, mlp = self.layers.attn, self.layers.mlp
       n_layers, d = self.cfg.num_hidden_layers, self.cfg.hidden_size
@@ -293,7 +292,7 @@ class Decoder(nnx.Module):
                              for name in "qkv"], axis=-1)
       gate_up = jnp.concatenate([mlp.gate_kernel[...], mlp.up_kernel[...]], axis=-1)
     return tuple({"state": jax.tree.map(lambda a, i=i: a[i], state),
-                  "fused": {"qkv": qkv[i], "gate_up": gate_up[i]} if fuse else fused}
+                  "fused": {"qkv": qkv[i], "gate_up": gate_up[i]} if fuse else None}
                  for i in range(self.cfg.num_hidden_layers))
 
   def _run_layers(self, x_BxTxD, rope, segment_ids_BxT, kv: LayerCache | None, layers=None):

@@ -3,9 +3,11 @@ tokens of one cache allocated at full length, and of full uncached forwards."""
 import jax
 import numpy as np
 import pytest
+from flax import nnx
 
 from jaxift.infer import sampler
 from jaxift.model import attention
+from jaxift.model.decoder import Decoder
 from tests.infer.conftest import full_forward_logits
 from tests.infer.stub_model import CountingModel, reference_continuation
 
@@ -142,8 +144,6 @@ def test_dropping_finished_rows_keeps_every_token(tiny_decoder, layout, take_row
   cache, 'stacked': the scan and the stacked cache of accelerators): rows stopping at different
   steps give the same tokens whether finished rows leave the batch or stay in it, and the same as
   one full-length cache checked once."""
-  from flax import nnx  # pylint: disable=import-outside-toplevel
-  from jaxift.model.decoder import Decoder  # pylint: disable=import-outside-toplevel
   scanned = Decoder(tiny_decoder.cfg, rngs=nnx.Rngs(0), scan_layers=True)
   # Weights far from init scale, so the next token depends on the whole cache, not mostly on the
   # last token: a row continuing on another row's cache then shows in its tokens.

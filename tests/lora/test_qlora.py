@@ -17,6 +17,7 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxift.infer import sampler
 from jaxift.model import lora, peft_export
 from jaxift.model import quantize as Q
 from jaxift.model.config import default_model_config
@@ -121,7 +122,6 @@ def test_greedy_decoding_over_unstacked_quantized_layers_equals_the_scan(base_ch
                                                                         monkeypatch):
   """The CPU sampler decodes a scanned model over per-layer slices (`unstacked_layers`): with an
   nf4 base and non-zero adapters, the tokens equal those of decoding with the scan itself."""
-  from jaxift.infer import sampler  # pylint: disable=import-outside-toplevel
   model, _ = lora.build_model(qlora_config(base_checkpoint("qwen2"), "nf4", scan=True))
   randomize_adapters(model, 0)
   prompts = [[3, 9, 4, 1], [7, 2]]
