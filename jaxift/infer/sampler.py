@@ -204,7 +204,8 @@ def _decode_layout(model, batch: int) -> tuple[bool, bool]:
   call: a second copy of the layer weights while it runs, so not on accelerators, where memory is
   the scarcer resource and the copy was not measured. Layers run one by one read a per-layer KV
   cache in place (`KVCache.per_layer`), except at batch 1, where XLA:CPU fuses each cache update
-  into two consumers and copies the cache to keep them apart (slower than the stacked slices)."""
+  into two consumers and copies the cache to keep them apart (measured no faster than the stacked
+  slices: 27.1 vs 26.7 ms per SmolLM2 step, within noise)."""
   if not hasattr(model, "unstacked_layers"):  # another model with the cache interface
     return False, False
   unstack = model.scan_layers and jax.default_backend() == "cpu"
